@@ -1,0 +1,169 @@
+"""Tests of the sample index, block-shuffled plans and the prefetching batch loader."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import xarray as xr
+
+from tests import as_backend, raise_if_dask_computes
+from xclimax.batching import BatchLoader, lead_choices, sample_index, split_times, time_step
+from xclimax.exceptions import DataError
+
+H6 = np.timedelta64(6, "h")
+
+
+def _canonical(nt=40, nvar=3, members=None, seed=0):
+    rng = np.random.default_rng(seed)
+    dims, shape = ("time", "variable", "lat", "lon"), (nt, nvar, 4, 8)
+    if members:
+        dims, shape = ("member",) + dims, (members,) + shape
+    coords = {"time": pd.date_range("2000-01-01", periods=nt, freq="6h"), "variable": [f"v{i}" for i in range(nvar)]}
+    return xr.DataArray(rng.normal(size=shape).astype("float32") * 3 + 10, dims=dims, coords=coords)
+
+
+STATS = {"v0": (10.0, 3.0), "v1": (9.0, 2.0), "v2": (11.0, 4.0)}
+
+
+def test_sample_index_matches_brute_force_with_gaps_and_mask():
+    t = pd.date_range("2000-01-01", periods=30, freq="6h").delete([7, 8, 20])  # gaps
+    mask = np.ones(t.size, bool)
+    mask[-4:] = False
+    idx = sample_index(t, ("6h", "18h"), mask=mask)
+    expected = [
+        (i, j) for i in range(t.size) for j in range(t.size)
+        if mask[i] and mask[j] and pd.Timedelta(6, "h") <= t[j] - t[i] <= pd.Timedelta(18, "h")
+    ]
+    assert list(zip(idx.input.tolist(), idx.target.tolist())) == expected
+    np.testing.assert_array_equal(idx.lead, (t[idx.target] - t[idx.input]).values)
+    assert set(idx.lead_hours) == {6.0, 12.0, 18.0}
+
+
+def test_lead_choices_and_errors():
+    np.testing.assert_array_equal(lead_choices("12h", H6), [np.timedelta64(12, "h")])
+    np.testing.assert_array_equal(lead_choices(("5h", "13h"), H6) / H6, [1, 2])
+    with pytest.raises(DataError, match="no multiple"):
+        lead_choices("7h", H6)
+    with pytest.raises(DataError, match="positive"):
+        lead_choices(("12h", "6h"), H6)
+    with pytest.raises(DataError, match="at least 2"):
+        time_step(pd.date_range("2000", periods=1))
+    with pytest.raises(DataError, match="increasing"):
+        time_step(pd.DatetimeIndex(["2000-01-02", "2000-01-01"]))
+
+
+def test_split_times():
+    t = pd.date_range("2000-01-01", periods=20, freq="D")
+    train, val = split_times(t, slice("2000-01-16", None))
+    assert val.sum() == 5 and not (train & val).any() and val[-5:].all()
+    train, val = split_times(t, 0.25)
+    assert val.sum() == 5 and val[-1] and not val[0]
+    with pytest.raises(DataError, match="non-empty"):
+        split_times(t, slice("2001", "2002"))
+    with pytest.raises(DataError, match="slice"):
+        split_times(t, 3)
+
+
+@pytest.mark.parametrize("members", [None, 2])
+def test_loader_covers_every_input_once_with_correct_values(backend, members):
+    da = _canonical(members=members)
+    if backend == "dask":
+        da = da.chunk({"time": 3})
+    loader = BatchLoader(da, STATS, lead_times=("6h", "24h"), batch_size=5, outputs=["v2", "v0"], seed=1)
+    mean = np.array([STATS[v][0] for v in ("v0", "v1", "v2")], np.float32)[:, None, None]
+    std = np.array([STATS[v][1] for v in ("v0", "v1", "v2")], np.float32)[:, None, None]
+    ref = ((da.values - mean) / std).reshape(-1, *da.shape[-4:])  # [series, time, var, lat, lon]
+    seen, crossing, batches = [], 0, list(loader.epoch(0))
+    assert len(batches) == len(loader)
+    plan = loader.plan(0)
+    for b, planned in zip(batches, plan):
+        assert b.variables == ("v0", "v1", "v2") and b.out_variables == ("v2", "v0")
+        for k, (unit, i, j, lead) in enumerate(planned):
+            series = loader._units[unit][1]
+            np.testing.assert_allclose(b.x[k].numpy(), ref[series, i], rtol=1e-6)
+            np.testing.assert_allclose(b.y[k].numpy(), ref[series, j][[2, 0]], rtol=1e-6)
+            assert float(b.lead_hours[k]) == 6.0 * (j - i) == lead
+            assert 1 <= j - i <= 4 and b.time[k] == da.time.values[i]
+            seen.append((series, i))
+            crossing += i // 3 != j // 3
+    n_series = members or 1
+    assert sorted(seen) == [(s, i) for s in range(n_series) for i in range(da.sizes["time"] - 1)]
+    assert crossing > 0  # pairs across chunk boundaries are used
+
+
+def test_plan_is_seeded_and_resumable():
+    da = _canonical(nt=60).chunk({"time": 4})
+    loader = BatchLoader(da, STATS, lead_times=("6h", "30h"), batch_size=4, seed=3, prefetch=0)
+    assert loader.plan(0) == loader.plan(0)
+    assert loader.plan(0) != loader.plan(1)
+    leads = {s[3] for b in loader.plan(0) for s in b}
+    assert leads == {6.0, 12.0, 18.0, 24.0, 30.0}  # the upper bound is inclusive
+    full = list(loader.epoch(2))
+    tail = list(BatchLoader(da, STATS, lead_times=("6h", "30h"), batch_size=4, seed=3).epoch(2, start=5))
+    assert len(tail) == len(full) - 5
+    for a, b in zip(full[5:], tail):
+        assert np.array_equal(a.x.numpy(), b.x.numpy()) and np.array_equal(a.y.numpy(), b.y.numpy())
+    unshuffled = BatchLoader(da, STATS, lead_times="12h", batch_size=4, shuffle=False).plan(0)
+    assert [s[1] for b in unshuffled for s in b] == list(range(58))
+
+
+def test_each_block_read_with_one_compute():
+    da = _canonical(nt=48).chunk({"time": 8})
+    loader = BatchLoader(da, STATS, lead_times=("6h", "12h"), batch_size=4, prefetch=0)
+    with raise_if_dask_computes(max_computes=len(loader._units)):
+        n = sum(b.x.shape[0] for b in loader.epoch(0))
+    assert n == 47
+
+
+def test_memory_is_bounded_by_a_few_blocks():
+    da = _canonical(nt=200).chunk({"time": 10})
+    loader = BatchLoader(da, STATS, lead_times=("6h", "12h"), batch_size=4, block_size=10, buffer_size=8, prefetch=0)
+    plan = loader.plan(0)
+    first = {}
+    last = {}
+    for b, batch in enumerate(plan):
+        for s in batch:
+            first.setdefault(s[0], b)
+            last[s[0]] = b
+    alive = max(sum(first[u] <= b <= last[u] for u in first) for b in range(len(plan)))
+    assert len(loader._units) == 20 and alive <= 6
+
+
+def test_sources_with_different_variables_never_mix():
+    a = _canonical(nt=30)
+    b = _canonical(nt=20, nvar=2, seed=1).assign_coords(variable=["v0", "v2"])
+    loader = BatchLoader({"a": a, "b": b}, STATS, lead_times="6h", batch_size=4, seed=0)
+    got = {"a": 0, "b": 0}
+    for batch in loader.epoch(0):
+        assert batch.variables == (("v0", "v1", "v2") if batch.source == "a" else ("v0", "v2"))
+        got[batch.source] += batch.x.shape[0]
+    assert got == {"a": 29, "b": 19}
+
+
+def test_per_source_stats_and_errors():
+    a = _canonical(nt=10)
+    loader = BatchLoader({"a": a}, {"a": {k: (0.0, 1.0) for k in STATS}}, lead_times="6h", batch_size=20, prefetch=0)
+    batch = next(iter(loader.epoch(0)))
+    np.testing.assert_allclose(np.sort(batch.x.numpy(), axis=0), np.sort(a.values[:-1], axis=0))
+    with pytest.raises(DataError, match="statistics"):
+        BatchLoader(a, {"v0": (0, 1)}, lead_times="6h", batch_size=2)
+    with pytest.raises(DataError, match="positive"):
+        BatchLoader(a, {**STATS, "v1": (0.0, 0.0)}, lead_times="6h", batch_size=2)
+    with pytest.raises(DataError, match="no \\(input, target\\) pair"):
+        BatchLoader(a, STATS, lead_times="120h", batch_size=2)
+    with pytest.raises(DataError, match="missing"):
+        BatchLoader(a.rename(lat="y"), STATS, lead_times="6h", batch_size=2)
+    bad = a.copy()
+    bad[3, 1, 0, 0] = np.nan
+    with pytest.raises(DataError, match="non-finite"):
+        list(BatchLoader(bad, STATS, lead_times="6h", batch_size=2).epoch(0))
+
+
+def test_dataset_backends_give_identical_batches(backend):
+    da = as_backend(_canonical(nt=16).to_dataset(name="x"), backend)["x"]
+    ref = list(BatchLoader(_canonical(nt=16), STATS, lead_times=("6h", "12h"), batch_size=4, seed=5).epoch(0))
+    got = list(BatchLoader(da, STATS, lead_times=("6h", "12h"), batch_size=4, seed=5, block_size=16).epoch(0))
+    assert [b.time.tolist() for b in ref] == [b.time.tolist() for b in got]
+    for r, g in zip(ref, got):
+        assert np.array_equal(r.y.numpy(), g.y.numpy())

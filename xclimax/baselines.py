@@ -1,0 +1,231 @@
+"""Reference forecasts to score models against: persistence and climatology.
+
+All functions return lazy objects on dask-backed input. Forecasts come in the layout of
+:func:`xclimax.forecast` (dims ``(*batch, "time", "lead_time", ..., lat, lon)`` with a
+``valid_time(time, lead_time)`` coordinate), so :func:`xclimax.evaluate` scores them like a
+model forecast.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import xarray as xr
+
+from .exceptions import DataError
+from .metrics import _at_valid_times
+
+__all__ = ["persistence", "climatology", "climatology_forecast", "as_lead_times"]
+
+logger = logging.getLogger(__name__)
+
+_BY = ("dayofyear", "dayofyear_hour", "mean")
+
+
+def as_lead_times(lead_time: Any) -> np.ndarray:
+    """Lead time(s) as a 1-D ``timedelta64[ns]`` array.
+
+    Strings (``"6h"``), ``numpy.timedelta64``, ``datetime.timedelta`` and pandas
+    ``Timedelta`` are accepted, alone or in a list; plain numbers are hours.
+
+    Examples
+    --------
+    >>> as_lead_times(["6h", 24]) / np.timedelta64(1, "h")
+    array([ 6., 24.])
+    """
+    values = [lead_time] if isinstance(lead_time, (str, int, float, np.timedelta64, pd.Timedelta)) or np.ndim(
+        lead_time
+    ) == 0 else list(lead_time)
+    out = []
+    for value in values:
+        if isinstance(value, (bool, np.bool_)):
+            raise DataError(f"lead_time must be a time span such as '6h'; got {value!r}")
+        if isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, np.timedelta64):
+            value = pd.Timedelta(hours=float(value))
+        try:
+            out.append(pd.Timedelta(value).to_timedelta64())
+        except (ValueError, TypeError) as err:
+            raise DataError(f"lead_time must be a time span such as '6h' or a number of hours; got {value!r}") from err
+    if not out:
+        raise DataError("lead_time is empty; give at least one lead time")
+    return np.asarray(out, dtype="timedelta64[ns]")
+
+
+def _with_valid_time(fc: xr.Dataset) -> xr.Dataset:
+    valid = fc["time"].values[:, None] + fc["lead_time"].values[None, :]
+    return fc.assign_coords(
+        valid_time=(("time", "lead_time"), valid, {"standard_name": "time", "long_name": "valid time"}),
+        lead_time=fc["lead_time"].assign_attrs(long_name="lead time"),
+    )
+
+
+def persistence(ds: xr.Dataset, lead_time: Any) -> xr.Dataset:
+    """Persistence forecast: the state at the initial time, for every lead time.
+
+    Parameters
+    ----------
+    ds : Dataset
+        Data with a ``time`` dimension; every time is used as an initial time. Variables
+        without a ``time`` dimension (constants) are dropped.
+    lead_time : str, timedelta-like, number of hours, or a list of them
+        Lead time(s) of the forecast.
+
+    Returns
+    -------
+    Dataset
+        Forecast layout: ``(*batch, "time", "lead_time", ...)`` with ``valid_time``.
+
+    Examples
+    --------
+    >>> from xclimax.testing import synthetic_dataset
+    >>> ds = synthetic_dataset(4, variables=["2m_temperature"], grid=(4, 8), constants=False)
+    >>> fc = persistence(ds, ["6h", "1D"])
+    >>> fc["2m_temperature"].dims
+    ('time', 'lead_time', 'lat', 'lon')
+    >>> str(fc.valid_time.values[0, 1])
+    '2000-01-02T00:00:00.000000000'
+    """
+    if not isinstance(ds, xr.Dataset) or "time" not in ds.dims:
+        raise DataError(f"persistence needs a Dataset with a 'time' dimension; got {type(ds).__name__}"
+                        f" with dims {list(getattr(ds, 'dims', []))}")
+    leads = as_lead_times(lead_time)
+    names = [v for v in ds.data_vars if "time" in ds[v].dims]
+    if not names:
+        raise DataError(f"no data variable of ds has a 'time' dimension; found {list(ds.data_vars)}")
+    lead = xr.DataArray(leads, dims="lead_time", coords={"lead_time": leads})
+    out = {}
+    for name in names:
+        da = ds[name]
+        dims = list(da.dims)
+        dims.insert(dims.index("time") + 1, "lead_time")
+        out[name] = da.expand_dims(lead_time=lead.size).assign_coords(lead_time=lead).transpose(*dims)
+    fc = xr.Dataset(out, attrs={**ds.attrs, "forecast": "persistence"})
+    return _with_valid_time(fc)
+
+
+def climatology(ds: xr.Dataset, *, by: str = "dayofyear", smooth: int | None = None) -> xr.Dataset:
+    """Climatological mean of ``ds``, usable as ``climatology=`` of :func:`xclimax.evaluate`.
+
+    Parameters
+    ----------
+    ds : Dataset
+        Data with a ``time`` dimension (for instance the training years). Variables without a
+        ``time`` dimension are dropped.
+    by : {"dayofyear", "dayofyear_hour", "mean"}
+        Mean per day of year (dim ``dayofyear``, 1..366), per day of year and hour of day
+        (dims ``dayofyear``, ``hour``), or over all times (no time dimension; ClimaX's choice).
+    smooth : int, optional
+        Width in days of a centred running mean over ``dayofyear``, applied cyclically to the
+        per-day means (WeatherBench 2 uses 61 days). Days without data are filled from the
+        days inside the window, so the result covers all 366 days when the data allow it.
+        The per-day means get equal weight, which equals WB2's pooling over the window when
+        every day holds the same number of samples.
+
+    Returns
+    -------
+    Dataset
+        The climatology, lazy on dask input, with the variables' attrs.
+
+    Examples
+    --------
+    >>> from xclimax.testing import synthetic_dataset
+    >>> ds = synthetic_dataset(12, variables=["2m_temperature"], grid=(4, 8), constants=False)
+    >>> clim = climatology(ds, by="dayofyear_hour")
+    >>> clim["2m_temperature"].dims
+    ('dayofyear', 'hour', 'lat', 'lon')
+    >>> clim.hour.values
+    array([ 0,  6, 12, 18])
+    """
+    if by not in _BY:
+        raise DataError(f"by must be one of {_BY}; got {by!r}")
+    if not isinstance(ds, xr.Dataset) or "time" not in ds.dims:
+        raise DataError("climatology needs a Dataset with a 'time' dimension")
+    if not np.issubdtype(ds["time"].dtype, np.datetime64):
+        raise DataError(f"climatology needs datetime64 times; found dtype {ds['time'].dtype}")
+    if smooth is not None and (by == "mean" or int(smooth) != smooth or smooth < 1):
+        raise DataError(f"smooth must be a positive whole number of days used with a day-of-year climatology; "
+                        f"got smooth={smooth!r} with by={by!r}")
+    names = [v for v in ds.data_vars if "time" in ds[v].dims]
+    if not names:
+        raise DataError(f"no data variable of ds has a 'time' dimension; found {list(ds.data_vars)}")
+    data = ds[names]
+    if by == "mean":
+        clim = data.mean("time", keep_attrs=True)
+    elif by == "dayofyear":
+        clim = data.groupby("time.dayofyear").mean("time", keep_attrs=True)
+    else:
+        hours = np.unique(data["time"].dt.hour.values)
+        parts = [
+            data.isel(time=np.flatnonzero(data["time"].dt.hour.values == h))
+            .groupby("time.dayofyear")
+            .mean("time", keep_attrs=True)
+            for h in hours
+        ]
+        clim = xr.concat(parts, dim=xr.DataArray(hours, dims="hour", name="hour"), join="outer")
+        clim = clim.transpose("dayofyear", "hour", ...)
+    if smooth:
+        clim = _smooth_dayofyear(clim, int(smooth))
+    for name in names:
+        clim[name].attrs = dict(ds[name].attrs)
+    clim.attrs = {**ds.attrs, "climatology": by + (f", {int(smooth)}-day running mean" if smooth else "")}
+    return clim
+
+
+def _smooth_dayofyear(clim: xr.Dataset, window: int) -> xr.Dataset:
+    """Centred running mean over a cyclic, complete ``dayofyear`` axis (1..366)."""
+    full = clim.reindex(dayofyear=np.arange(1, 367))
+    if clim.chunks:  # groupby leaves one chunk per day: one chunk over the year keeps the graph small
+        full = full.chunk(dayofyear=-1)
+    half = window // 2
+    padded = xr.concat([full.isel(dayofyear=slice(-half, None)), full, full.isel(dayofyear=slice(None, half))]
+                       if half else [full], dim="dayofyear")
+    rolled = padded.rolling(dayofyear=window, center=True, min_periods=1).mean()
+    out = rolled.isel(dayofyear=slice(half, half + 366)).assign_coords(dayofyear=np.arange(1, 367))
+    if clim.chunks:  # dask's rolling splits the other dims into tiny chunks: restore the input's
+        out = out.chunk({d: c for d, c in clim.chunks.items() if d != "dayofyear"})
+    return out
+
+
+def climatology_forecast(clim: xr.Dataset, init_times: Iterable | xr.DataArray, lead_time: Any) -> xr.Dataset:
+    """The climatology as a forecast: for each initial time and lead, ``clim`` at the valid time.
+
+    Parameters
+    ----------
+    clim : Dataset
+        From :func:`climatology` (``dayofyear`` and optional ``hour`` dims, or static).
+    init_times : array-like of datetime64
+        Initial times (e.g. ``truth.time``).
+    lead_time : str, timedelta-like, number of hours, or a list of them
+
+    Returns
+    -------
+    Dataset
+        Forecast layout with ``valid_time``; lazy on dask input.
+
+    Examples
+    --------
+    >>> from xclimax.testing import synthetic_dataset
+    >>> ds = synthetic_dataset(8, variables=["2m_temperature"], grid=(4, 8), constants=False)
+    >>> fc = climatology_forecast(climatology(ds), ds.time[:4], "6h")
+    >>> fc["2m_temperature"].dims
+    ('time', 'lead_time', 'lat', 'lon')
+    """
+    if not isinstance(clim, xr.Dataset):
+        raise DataError(f"clim must be a Dataset from xclimax.baselines.climatology; got {type(clim).__name__}")
+    init = pd.DatetimeIndex(np.atleast_1d(np.asarray(init_times, dtype="datetime64[ns]")))
+    leads = as_lead_times(lead_time)
+    valid = init.values[:, None] + leads[None, :]
+    coords = {"time": init.values, "lead_time": leads}
+    if "dayofyear" in clim.dims or "hour" in clim.dims:
+        fc = _at_valid_times(clim, valid, coords, "clim")
+    else:
+        fc = clim.expand_dims(time=init.size, lead_time=leads.size).assign_coords(coords)
+    fc = fc.transpose("time", "lead_time", ...)
+    fc.attrs = {**clim.attrs, "forecast": "climatology"}
+    for name in fc.data_vars:
+        fc[name].attrs = dict(clim[name].attrs)
+    return _with_valid_time(fc)

@@ -1,0 +1,107 @@
+"""Global options for xclimax, settable globally or in a ``with`` block.
+
+Examples
+--------
+>>> import xclimax
+>>> with xclimax.set_options(progress=False):
+...     xclimax.get_options()["progress"]
+False
+>>> xclimax.get_options()["progress"]
+True
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+__all__ = ["OPTIONS", "set_options", "get_options"]
+
+OPTIONS: dict[str, Any] = {
+    # show tqdm / dask progress bars on long work
+    "progress": True,
+    # torch device used when a function is given device=None ("auto": cuda if available)
+    "device": "auto",
+    # mixed precision for inference/training on GPU: "bf16", "fp16" or None
+    "autocast": None,
+    # user additions to the variable vocabulary: {climax_name: {"standard_name": (...), "units": ..., ...}}
+    "extra_variables": {},
+    # explicit user mapping {climax_name: dataset variable name}, bypassing CF lookup
+    "variable_map": {},
+}
+
+
+def _is_bool(value):
+    return isinstance(value, bool)
+
+
+def _is_device(value):
+    return isinstance(value, str) or value is None or type(value).__name__ == "device"
+
+
+def _is_autocast(value):
+    return value in (None, "bf16", "fp16")
+
+
+def _is_mapping(value):
+    return isinstance(value, dict)
+
+
+_VALIDATORS: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "progress": (_is_bool, "a bool"),
+    "device": (_is_device, "a device string such as 'cpu', 'cuda' or 'auto'"),
+    "autocast": (_is_autocast, "None, 'bf16' or 'fp16'"),
+    "extra_variables": (_is_mapping, "a dict {name: criteria}"),
+    "variable_map": (_is_mapping, "a dict {climax name: dataset variable}"),
+}
+
+
+def get_options() -> dict[str, Any]:
+    """Return a copy of the current options.
+
+    Examples
+    --------
+    >>> sorted(get_options())[:2]
+    ['autocast', 'device']
+    """
+    return dict(OPTIONS)
+
+
+class set_options:
+    """Set xclimax options globally or, as a context manager, temporarily.
+
+    Parameters
+    ----------
+    progress : bool
+        Show progress bars on long work (default True).
+    device : str
+        Default torch device: ``"auto"`` (CUDA when available), ``"cpu"``, ``"cuda"``, ...
+    autocast : {None, "bf16", "fp16"}
+        Mixed precision used on GPU.
+    extra_variables : dict
+        Variables outside the 48 official ones, ``{name: {"standard_name": (...), "units": ...}}``.
+    variable_map : dict
+        Explicit ``{climax name: dataset variable name}`` mapping that bypasses CF lookup.
+
+    Examples
+    --------
+    >>> import xclimax
+    >>> _ = xclimax.set_options(progress=False)  # global
+    >>> _ = xclimax.set_options(progress=True)
+    """
+
+    def __init__(self, **kwargs: Any) -> None:
+        self.old: dict[str, Any] = {}
+        for key, value in kwargs.items():
+            if key not in OPTIONS:
+                raise ValueError(f"unknown xclimax option {key!r}; valid options are {sorted(OPTIONS)}")
+            check, expected = _VALIDATORS[key]
+            if not check(value):
+                raise ValueError(f"option {key!r} must be {expected}; got {value!r}")
+            self.old[key] = OPTIONS[key]
+        OPTIONS.update(kwargs)
+
+    def __enter__(self) -> "set_options":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        OPTIONS.update(self.old)

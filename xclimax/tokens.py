@@ -1,0 +1,860 @@
+"""Map CF-annotated variables of a Dataset to ClimaX variables (tokens) and back.
+
+A ClimaX variable such as ``temperature_850`` is found by its CF criteria in
+:data:`xclimax.vocab.VARIABLES`: a ``standard_name`` (through cf-xarray), a pressure level on
+any vertical coordinate recognised by its attributes (``level`` in hPa, ``plev`` in Pa,
+``isobaricInhPa``, ...) or a height above ground (2 m, 10 m, or none), and units that can be
+converted to the canonical ones. Whatever the variable names, ``to_array`` returns the
+canonical layout ``(*batch, "time", "variable", "lat", "lon")`` in float32, lazily.
+
+Unit conversions are explicit (see ``_CONVERSIONS``): geopotential height (m) to geopotential
+(x 9.80665), degC to K, relative humidity fraction to %, surface geopotential to orography
+(/ 9.80665), g/kg to kg/kg, hPa to Pa, mm to m and land fraction % to 1.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import warnings
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Mapping
+
+import cf_xarray
+import numpy as np
+import xarray as xr
+
+from . import vocab
+from .exceptions import CFMappingError, DataError, XClimaxWarning
+from .grid import normalize_grid
+from .options import OPTIONS
+
+__all__ = ["VariableSource", "CheckReport", "find_variables", "to_array", "from_array", "mapping", "check"]
+
+logger = logging.getLogger(__name__)
+
+# --------------------------------------------------------------------------------------------
+# units
+
+#: canonical unit key -> spellings found in the wild
+_UNIT_ALIASES: dict[str, tuple[str, ...]] = {
+    "K": ("K", "k", "kelvin", "Kelvin", "degK", "deg_K", "degrees_K", "degree_K"),
+    "degC": ("degC", "C", "°C", "deg_C", "degrees_C", "degree_C", "celsius", "Celsius", "degrees_Celsius",
+             "degree_Celsius", "degrees Celsius"),
+    "m s-1": ("m s-1", "m/s", "m s**-1", "m s^-1", "m.s-1", "m.s**-1", "ms-1", "m s-1 ", "meter second-1",
+              "metre second-1", "meters per second"),
+    "m2 s-2": ("m2 s-2", "m**2 s**-2", "m^2 s^-2", "m^2/s^2", "m2/s2", "m2.s-2", "m**2/s**2", "m2s-2"),
+    "m": ("m", "meter", "meters", "metre", "metres", "gpm", "m a.s.l.", "m above sea level"),
+    "%": ("%", "percent", "pct"),
+    "1": ("1", "", "-", "fraction", "dimensionless", "0-1", "(0 - 1)", "(0-1)"),
+    "kg kg-1": ("kg kg-1", "kg/kg", "kg kg**-1", "kg kg^-1", "kg.kg-1"),
+    "g kg-1": ("g kg-1", "g/kg", "g kg**-1", "g kg^-1"),
+    "Pa": ("Pa", "pascal", "Pascal", "pascals"),
+    "hPa": ("hPa", "hpa", "mbar", "millibar", "millibars", "mb", "hectopascal", "hectopascals"),
+    "mm": ("mm", "millimeter", "millimeters", "millimetre", "millimetres", "kg m-2", "kg m**-2", "kg/m2", "kg/m^2"),
+    "J m-2": ("J m-2", "J m**-2", "J/m2", "J/m^2", "J m^-2"),
+    "degrees_north": ("degrees_north", "degree_north", "degrees_N", "degree_N", "degreesN", "degreeN", "degrees"),
+}
+_UNIT_KEY = {alias: key for key, aliases in _UNIT_ALIASES.items() for alias in aliases}
+
+#: (canonical, found) -> (scale, offset, description); value_canonical = value * scale + offset
+_CONVERSIONS: dict[tuple[str, str], tuple[float, float, str]] = {
+    ("m2 s-2", "m"): (vocab.G0, 0.0, f"geopotential height (m) -> geopotential (x {vocab.G0})"),
+    ("m", "m2 s-2"): (1.0 / vocab.G0, 0.0, f"surface geopotential (m2 s-2) -> orography (m) (/ {vocab.G0})"),
+    ("K", "degC"): (1.0, 273.15, "degC -> K (+ 273.15)"),
+    ("%", "1"): (100.0, 0.0, "fraction (1) -> % (x 100)"),
+    ("1", "%"): (0.01, 0.0, "% -> fraction (1) (x 0.01)"),
+    ("kg kg-1", "1"): (1.0, 0.0, ""),
+    ("kg kg-1", "g kg-1"): (1e-3, 0.0, "g kg-1 -> kg kg-1 (x 0.001)"),
+    ("Pa", "hPa"): (100.0, 0.0, "hPa -> Pa (x 100)"),
+    ("m", "mm"): (1e-3, 0.0, "mm (kg m-2 of water) -> m (x 0.001)"),
+}
+
+
+def _unit_key(units: Any) -> str | None:
+    if units is None:
+        return None
+    text = str(units).strip()
+    return _UNIT_KEY.get(text, _UNIT_KEY.get(text.replace("**", "").replace("^", ""), text))
+
+
+def _conversion(target: str, found: Any) -> tuple[float, float, str] | None:
+    """(scale, offset, description) converting ``found`` units to ``target``; None if impossible."""
+    t, f = _unit_key(target), _unit_key(found)
+    if t == f:
+        return 1.0, 0.0, ""
+    return _CONVERSIONS.get((t, f))
+
+
+def _pressure_to_hpa(coord: xr.DataArray) -> np.ndarray | None:
+    """Values of a vertical coordinate in hPa, or None if it is not a pressure coordinate."""
+    units = _unit_key(coord.attrs.get("units"))
+    values = np.asarray(coord.values, dtype=float)
+    if units == "Pa":
+        return values / 100.0
+    if units == "hPa":
+        return values
+    if units is None and (
+        coord.attrs.get("standard_name") == "air_pressure"
+        or coord.name in ("level", "isobaricInhPa", "plev", "pressure_level", "pressure", "lev")
+    ):
+        # no units: hPa by name or by magnitude (Pa levels exceed 1100)
+        if coord.name == "isobaricInhPa":
+            return values
+        if coord.name == "plev" or np.nanmax(np.abs(values), initial=0) > 1100:
+            return values / 100.0
+        return values
+    return None
+
+
+def _is_height(coord: xr.DataArray) -> bool:
+    return coord.attrs.get("standard_name") == "height" or coord.name in ("height", "heightAboveGround")
+
+
+# --------------------------------------------------------------------------------------------
+# specs
+
+
+def _spec_from_criteria(name: str, crit: Mapping[str, Any]) -> dict[str, Any]:
+    """A vocab-like spec from user criteria ``{"standard_name": ..., "units": ..., "level": ...}``."""
+    sn = crit.get("standard_name", ())
+    sn = (sn,) if isinstance(sn, str) else tuple(sn)
+    level = crit.get("level")
+    spec = {
+        "kind": crit.get("kind", "pressure" if level is not None else "surface"),
+        "standard_name": sn,
+        "level": level,
+        "height": crit.get("height"),
+        "units": crit.get("units"),
+        "long_name": crit.get("long_name", name.replace("_", " ")),
+        "names": tuple(crit.get("names", ())),
+    }
+    if not sn and not spec["names"]:
+        raise CFMappingError(f"extra variable {name!r}: criteria need a 'standard_name' (or 'names'); got {dict(crit)}")
+    return spec
+
+
+def _registry(extra_variables: Any) -> dict[str, Mapping[str, Any]]:
+    """ClimaX names -> specs: the 48, the options' extras and ``extra_variables`` (names or dict)."""
+    reg: dict[str, Mapping[str, Any]] = dict(vocab.VARIABLES)
+    for source in (OPTIONS.get("extra_variables") or {}, extra_variables or {}):
+        if isinstance(source, str):
+            source = [source]
+        if isinstance(source, Mapping):
+            for name, crit in source.items():
+                reg[name] = _spec_from_criteria(name, crit)
+        else:
+            for name in source:
+                if name in vocab.EXTRA_VARIABLES:
+                    reg[name] = vocab.EXTRA_VARIABLES[name]
+                elif name not in reg:
+                    raise CFMappingError(
+                        f"unknown extra variable {name!r}: expected one of {sorted(vocab.EXTRA_VARIABLES)} "
+                        f"or a dict {{name: criteria}}"
+                    )
+    # well-known extras are always known (for from_array / variable_map); criteria only used on request
+    for name, spec in vocab.EXTRA_VARIABLES.items():
+        reg.setdefault(name, spec)
+    return reg
+
+
+# names used when a variable has no standard_name attribute: ClimaX/WeatherBench names and short codes
+_FALLBACK_NAMES: dict[str, tuple[str, ...]] = {
+    "geopotential": ("geopotential", "z", "zg"),
+    "geopotential_height": ("geopotential_height", "gh"),
+    "air_temperature": ("temperature", "t", "ta", "2m_temperature", "t2m", "tas", "2t"),
+    "eastward_wind": ("u_component_of_wind", "u", "ua", "10m_u_component_of_wind", "u10", "uas", "10u"),
+    "northward_wind": ("v_component_of_wind", "v", "va", "10m_v_component_of_wind", "v10", "vas", "10v"),
+    "relative_humidity": ("relative_humidity", "r", "hur", "rh"),
+    "specific_humidity": ("specific_humidity", "q", "hus"),
+    "land_binary_mask": ("land_sea_mask", "lsm", "sftlf"),
+    "surface_altitude": ("orography", "orog"),
+    "surface_geopotential": ("geopotential_at_surface",),
+    "air_pressure_at_mean_sea_level": ("mean_sea_level_pressure", "msl", "psl"),
+    "surface_air_pressure": ("surface_pressure", "sp", "ps"),
+    "precipitation_amount": ("total_precipitation", "tp"),
+    "toa_incoming_shortwave_flux": ("toa_incident_solar_radiation", "tisr"),
+}
+# height implied by a name (when no height coordinate exists)
+_NAME_HEIGHT = {"2m_temperature": 2.0, "t2m": 2.0, "2t": 2.0, "tas": 2.0, "10m_u_component_of_wind": 10.0,
+                "u10": 10.0, "10u": 10.0, "uas": 10.0, "10m_v_component_of_wind": 10.0, "v10": 10.0, "10v": 10.0,
+                "vas": 10.0}
+
+
+@dataclass(frozen=True)
+class VariableSource:
+    """Where a ClimaX variable comes from in a Dataset.
+
+    Attributes
+    ----------
+    name : str
+        ClimaX name (``"temperature_850"``).
+    source : str or None
+        Data variable in the Dataset; None for ``lattitude`` (computed from the latitude coordinate).
+    kind : {"pressure", "surface", "constant"}
+    selection : dict
+        Integer positions selected on the source's vertical dimensions (``{"plev": 3}``).
+    level : float or None
+        Selected level in the source's units (``85000.0`` for ``plev`` in Pa).
+    units : str or None
+        Units found on the source (None: missing, assumed canonical).
+    target_units : str or None
+        Canonical units.
+    scale, offset : float
+        ``canonical = found * scale + offset``.
+    conversion : str
+        Human-readable description of the unit conversion ("" if none).
+    drop_dims : tuple of str
+        Size-1 dimensions (e.g. ``height``) squeezed away.
+    """
+
+    name: str
+    source: str | None
+    kind: str
+    selection: Mapping[str, int] = field(default_factory=dict)
+    level: float | None = None
+    units: str | None = None
+    target_units: str | None = None
+    scale: float = 1.0
+    offset: float = 0.0
+    conversion: str = ""
+    drop_dims: tuple[str, ...] = ()
+
+    def describe(self) -> str:
+        """One line: source, selection and conversion."""
+        src = self.source if self.source is not None else "<latitude coordinate>"
+        sel = "".join(f"[{d}={self.level:g}]" for d in self.selection) if self.level is not None else ""
+        conv = f" ({self.conversion})" if self.conversion else ""
+        return f"{self.name} <- {src}{sel}{conv}"
+
+
+def _vertical_dims(da: xr.DataArray, ds: xr.Dataset) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """(pressure dims -> values in hPa, height dims/scalars -> values in m) of a variable."""
+    pressure: dict[str, np.ndarray] = {}
+    height: dict[str, np.ndarray] = {}
+    for name in set(da.dims) | set(da.coords):
+        if name in ("time", "lat", "lon"):
+            continue
+        coord = da.coords[name] if name in da.coords else (ds.coords[name] if name in ds.coords else None)
+        if coord is None or coord.ndim > 1:
+            continue
+        if _is_height(coord):
+            height[name] = np.atleast_1d(np.asarray(coord.values, float))
+            continue
+        p = _pressure_to_hpa(coord)
+        if p is not None:
+            pressure[name] = np.atleast_1d(p)
+    return pressure, height
+
+
+def _candidates(ds: xr.Dataset, name: str, spec: Mapping[str, Any]) -> list[str]:
+    """Data variables whose standard_name (or, lacking one, whose name) fits ``spec``."""
+    sns = tuple(spec["standard_name"])
+    names = set(spec.get("names", ()))
+    for sn in sns:
+        names.update(_FALLBACK_NAMES.get(sn, ()))
+    criteria: dict[str, str] = {}
+    if sns:
+        criteria["standard_name"] = "^(" + "|".join(re.escape(s) for s in sns) + ")$"
+    if names:
+        criteria["name"] = "^(" + "|".join(re.escape(s) for s in sorted(names)) + ")$"
+    key = f"xclimax:{name}"
+    with cf_xarray.set_options(custom_criteria={key: criteria}):
+        try:
+            found = list(ds.cf[[key]].data_vars)
+        except KeyError:
+            found = []
+    out = []
+    for var in found:
+        sn = ds[var].attrs.get("standard_name")
+        if sn in sns or (sn in (None, "", "unknown") and var in names):
+            out.append(var)
+    # standard_name preference order, then variables named like the ClimaX name first
+    def rank(var: str) -> tuple[int, int]:
+        sn = ds[var].attrs.get("standard_name")
+        return (sns.index(sn) if sn in sns else len(sns), 0 if var == name else 1)
+
+    return sorted(out, key=rank)
+
+
+def _match(ds: xr.Dataset, name: str, var: str, spec: Mapping[str, Any]) -> tuple[dict, float | None, tuple, str]:
+    """Try variable ``var`` for ``spec``: (selection, level, drop_dims, reason-if-rejected)."""
+    da = ds[var]
+    pressure, height = _vertical_dims(da, ds)
+    level, want_h = spec.get("level"), spec.get("height")
+    kind = spec["kind"]
+    sel: dict[str, int] = {}
+    drop: list[str] = []
+    if kind == "pressure":
+        if not pressure:
+            return {}, None, (), f"{var!r} has no pressure-level coordinate"
+        (dim, values), = list(pressure.items())[:1]
+        hits = np.flatnonzero(np.isclose(values, float(level), atol=0.01, rtol=1e-5))
+        if hits.size == 0:
+            return {}, None, (), f"{var!r} has {dim} levels {np.round(values, 3).tolist()} hPa, not {level} hPa"
+        coord_values = np.atleast_1d(np.asarray((da.coords[dim] if dim in da.coords else ds[dim]).values, float))
+        if dim in da.dims:
+            sel[dim] = int(hits[0])
+        return sel, float(coord_values[hits[0]]), (), ""
+    # surface / constant: no pressure dimension of size > 1
+    for dim in pressure:
+        if dim in da.dims and da.sizes[dim] > 1:
+            return {}, None, (), f"{var!r} is on pressure levels ({dim})"
+        if dim in da.dims:
+            drop.append(dim)
+    if want_h is not None:
+        if height:
+            (dim, values), = list(height.items())[:1]
+            hits = np.flatnonzero(np.isclose(values, float(want_h), atol=0.01))
+            if hits.size == 0:
+                return {}, None, (), f"{var!r} is at height {values.tolist()} m, not {want_h:g} m"
+            if dim in da.dims:
+                if da.sizes[dim] > 1:
+                    sel[dim] = int(hits[0])
+                else:
+                    drop.append(dim)
+            return sel, None, tuple(drop), ""
+        implied = _NAME_HEIGHT.get(var)
+        if implied is not None and abs(implied - float(want_h)) > 0.01:
+            return {}, None, (), f"{var!r} is named as a {implied:g} m field, not {want_h:g} m"
+    for dim in height:
+        if dim in da.dims and da.sizes[dim] == 1:
+            drop.append(dim)
+    return sel, None, tuple(drop), ""
+
+
+def _time_dim(ds: xr.Dataset) -> str:
+    if "time" in ds.dims:
+        return "time"
+    try:
+        t = [n for n in ds.cf.axes.get("T", []) if n in ds.dims]
+    except Exception:
+        t = []
+    if t:
+        return t[0]
+    raise DataError(
+        f"expected a 'time' dimension (or a dimension with axis='T'); found dims {dict(ds.sizes)}. "
+        "Add one with ds.expand_dims(time=[...])"
+    )
+
+
+def _user_map(variable_map: Mapping[str, str] | None) -> dict[str, str]:
+    out = dict(OPTIONS.get("variable_map") or {})
+    out.update(variable_map or {})
+    return {vocab.canonical_name(k): v for k, v in out.items()}
+
+
+def _resolve(
+    ds: xr.Dataset,
+    variables: Iterable[str] | None,
+    extra_variables: Any,
+    variable_map: Mapping[str, str] | None,
+) -> tuple[list[str], dict[str, VariableSource], dict[str, str], dict[str, str]]:
+    """(requested names, found, missing -> what was searched, unit problems -> message). Computes nothing."""
+    reg = _registry(extra_variables)
+    umap = _user_map(variable_map)
+    if variables is None:
+        names = list(vocab.CLIMAX_VARIABLES)
+        extras = [extra_variables] if isinstance(extra_variables, str) else list(extra_variables or [])
+        extras += list(OPTIONS.get("extra_variables") or {})
+        names += [n for n in extras if n not in names]
+    else:
+        names = [vocab.canonical_name(n) for n in ([variables] if isinstance(variables, str) else variables)]
+    names += [n for n in umap if n not in names and variables is None]
+    found: dict[str, VariableSource] = {}
+    missing: dict[str, str] = {}
+    bad: dict[str, str] = {}
+    cache: dict[tuple, list[str]] = {}  # candidates per criteria (shared by the levels of a variable)
+    no_units: list[str] = []
+    for name in names:
+        if name not in reg:
+            bad[name] = (
+                f"{name}: unknown ClimaX variable; expected one of xclimax.CLIMAX_VARIABLES, "
+                f"{sorted(vocab.EXTRA_VARIABLES)} (with extra_variables=...) or a name given in extra_variables"
+            )
+            continue
+        spec = reg[name]
+        target = spec["units"]
+        if name == "lattitude" and name not in umap:
+            lat = "lat" if "lat" in ds.coords else None
+            if lat is None:
+                try:
+                    lat = next(iter(ds.cf.coordinates.get("latitude", [])), None)
+                except Exception:
+                    lat = None
+            if lat is None:
+                missing[name] = "computed from the latitude coordinate, but none was found"
+            else:
+                found[name] = VariableSource(name, None, "constant", units="degrees_north", target_units=target,
+                                             conversion="computed from the latitude coordinate")
+            continue
+        if name in umap:
+            var = umap[name]
+            if var not in ds.data_vars:
+                missing[name] = f"variable_map gives {var!r}, which is not a data variable of the Dataset"
+                continue
+            cands = [var]
+        else:
+            ckey = (tuple(spec["standard_name"]), tuple(spec.get("names", ())), _split_name(name)[0])
+            if ckey not in cache:
+                cache[ckey] = _candidates(ds, _split_name(name)[0], spec)
+            cands = cache[ckey]
+        reasons, matches = [], []
+        for var in cands:
+            sel, level, drop, why = _match(ds, name, var, spec)
+            if why:
+                reasons.append(why)
+            else:
+                matches.append((var, sel, level, drop))
+        if not matches:
+            what = [f"standard_name in {list(spec['standard_name'])}"] if name not in umap else [f"variable {umap[name]!r}"]
+            if spec.get("level") is not None:
+                what.append(f"at {spec['level']} hPa on a pressure coordinate")
+            if spec.get("height") is not None:
+                what.append(f"at height {spec['height']:g} m (or no height coordinate)")
+            missing[name] = " ".join(what) + (f"; candidates rejected: {'; '.join(reasons)}" if reasons else "; no candidate")
+            continue
+        if len(matches) > 1 and name not in umap:
+            first_sn = ds[matches[0][0]].attrs.get("standard_name")
+            tied = [m for m in matches if ds[m[0]].attrs.get("standard_name") == first_sn and m[0] != name]
+            if len(tied) > 1 and matches[0][0] != name:
+                bad[name] = (
+                    f"{name}: ambiguous, several variables fit ({[m[0] for m in tied]}); "
+                    f"pick one with variable_map={{{name!r}: ...}}"
+                )
+                continue
+        var, sel, level, drop = matches[0]
+        units = ds[var].attrs.get("units")
+        if units is None:
+            conv: tuple[float, float, str] | None = (1.0, 0.0, "")
+            no_units.append(f"{name} <- {var!r} (assumed {target!r})")
+        elif target is None:
+            conv = (1.0, 0.0, "")
+        else:
+            conv = _conversion(target, units)
+        if conv is None:
+            bad[name] = f"{name}: variable {var!r} has units {units!r}, expected {target!r} (or convertible to it)"
+            continue
+        scale, offset, text = conv
+        found[name] = VariableSource(
+            name, var, spec["kind"], dict(sel), level, None if units is None else str(units), target,
+            scale, offset, text, drop,
+        )
+    if no_units:
+        warnings.warn(
+            f"variables without a 'units' attribute are assumed to be in canonical units: {no_units}",
+            XClimaxWarning,
+            stacklevel=3,
+        )
+    return names, found, missing, bad
+
+
+def _mapping_error(names: list[str], missing: Mapping[str, str], bad: Mapping[str, str], ds: xr.Dataset) -> CFMappingError:
+    lines = []
+    if missing:
+        lines.append(f"{len(missing)} of {len(names)} requested ClimaX variables not found in the Dataset:")
+        lines += [f"  - {n}: searched {why}" for n, why in missing.items()]
+    if bad:
+        lines.append(f"{len(bad)} variables unknown, ambiguous or with unusable units:")
+        lines += [f"  - {msg}" for msg in bad.values()]
+    lines.append(f"Dataset data variables: {list(ds.data_vars)}.")
+    lines.append("Map names explicitly with variable_map={'<climax name>': '<variable>'} or add CF attributes.")
+    return CFMappingError("\n".join(lines))
+
+
+def find_variables(
+    ds: xr.Dataset,
+    variables: Iterable[str] | None = None,
+    *,
+    extra_variables: Any = None,
+    variable_map: Mapping[str, str] | None = None,
+    strict: bool = False,
+) -> dict[str, VariableSource]:
+    """Find where each ClimaX variable comes from in ``ds``, without computing anything.
+
+    Parameters
+    ----------
+    ds : xarray.Dataset
+        CF-annotated data (``standard_name`` and ``units`` attributes; pressure levels on any
+        vertical coordinate with pressure units).
+    variables : iterable of str, optional
+        ClimaX names to look for (default: the 48 official ones plus requested extras).
+    extra_variables : str, list of str or dict, optional
+        Variables outside the 48: names from :data:`xclimax.vocab.EXTRA_VARIABLES` or a dict
+        ``{name: {"standard_name": ..., "units": ..., "level": hPa, "height": m}}``. Added to
+        ``xclimax.get_options()["extra_variables"]``.
+    variable_map : dict, optional
+        ``{climax name: data variable}`` bypassing the CF lookup (units are still converted).
+        Added to ``xclimax.get_options()["variable_map"]``.
+    strict : bool
+        Raise :class:`CFMappingError` listing all missing variables. If False, only the found
+        variables are returned.
+
+    Returns
+    -------
+    dict of str to VariableSource
+        In the requested order.
+
+    Raises
+    ------
+    CFMappingError
+        Missing variables (``strict=True``), units that cannot be converted, or several equally
+        good candidates.
+
+    Examples
+    --------
+    >>> from xclimax.testing import synthetic_dataset
+    >>> ds = synthetic_dataset(2, variables=["geopotential"], style="cmip")
+    >>> print(find_variables(ds, ["geopotential_500"])["geopotential_500"].describe())
+    geopotential_500 <- zg[plev=50000] (geopotential height (m) -> geopotential (x 9.80665))
+    """
+    names, found, missing, bad = _resolve(ds, variables, extra_variables, variable_map)
+    if bad or (strict and missing):
+        raise _mapping_error(names, missing if strict else {}, bad, ds)
+    return found
+
+
+def _source_array(ds: xr.Dataset, src: VariableSource, time: str) -> xr.DataArray:
+    if src.source is None:  # lattitude
+        lat = ds["lat"]
+        da = xr.DataArray(np.asarray(lat.values, dtype=np.float32), dims=("lat",), coords={"lat": lat})
+        return da.broadcast_like(ds["lon"]).transpose("lat", "lon")
+    da = ds[src.source]
+    if src.selection:
+        da = da.isel(dict(src.selection))
+    for dim in src.drop_dims:
+        if dim in da.dims:
+            da = da.isel({dim: 0})
+    if src.kind == "constant" and time in da.dims:
+        da = da.isel({time: 0})
+    da = da.reset_coords(drop=True)
+    extra = [d for d in da.dims if d not in ("lat", "lon", time) and d in ds.coords and _pressure_to_hpa(ds[d]) is not None]
+    if extra:
+        raise CFMappingError(f"{src.name}: variable {src.source!r} still has vertical dimensions {extra} after selection")
+    if src.scale != 1.0 or src.offset != 0.0:
+        da = da * src.scale + src.offset
+    return da.astype(np.float32)
+
+
+def to_array(
+    ds: xr.Dataset,
+    variables: Iterable[str] | None = None,
+    *,
+    extra_variables: Any = None,
+    variable_map: Mapping[str, str] | None = None,
+    strict: bool = True,
+) -> xr.DataArray:
+    """Stack ClimaX variables of ``ds`` into the canonical layout, lazily.
+
+    Parameters
+    ----------
+    ds : xarray.Dataset
+        CF-annotated data with a time dimension. The grid is normalised with
+        :func:`xclimax.grid.normalize_grid` (lat ascending, lon in [0, 360)).
+    variables : iterable of str, optional
+        ClimaX names in the wanted order; default: every official variable found.
+    extra_variables, variable_map
+        As in :func:`find_variables`.
+    strict : bool
+        If True (default), raise when a requested variable is missing.
+
+    Returns
+    -------
+    xarray.DataArray
+        float32, dims ``(*batch, "time", "variable", "lat", "lon")`` where batch dims are any
+        other dimensions of the sources (ensemble member, ...); ``variable`` holds ClimaX names in
+        the requested order; values in canonical units (``vocab.VARIABLES[name]["units"]``);
+        constants are broadcast over time and ``lattitude`` is built from the coordinate.
+        Dask-backed input stays dask-backed. NaNs are not checked here.
+
+    Raises
+    ------
+    CFMappingError
+        Listing all missing variables and what was searched, or bad units.
+    DataError
+        If ``ds`` has no time dimension.
+
+    Examples
+    --------
+    >>> from xclimax.testing import synthetic_dataset
+    >>> ds = synthetic_dataset(3, variables=["temperature", "2m_temperature"], grid=(4, 8))
+    >>> da = to_array(ds, ["2m_temperature", "temperature_850", "lattitude"])
+    >>> da.dims, da.sizes["variable"], str(da.dtype)
+    (('time', 'variable', 'lat', 'lon'), 3, 'float32')
+    """
+    if not isinstance(ds, xr.Dataset):
+        raise DataError(f"to_array expects an xarray.Dataset; got {type(ds).__name__}")
+    time = _time_dim(ds)
+    names, found, missing, bad = _resolve(ds, variables, extra_variables, variable_map)
+    if bad or (strict and missing):
+        raise _mapping_error(names, missing if strict else {}, bad, ds)
+    if not found:
+        raise _mapping_error(names, missing, bad, ds)
+    norm, _ = normalize_grid(ds)
+    arrays = [_source_array(norm, found[n], time) for n in names if n in found]
+    for n, a in zip([n for n in names if n in found], arrays, strict=True):
+        if "lat" not in a.dims or "lon" not in a.dims:
+            raise CFMappingError(
+                f"{n}: variable {found[n].source!r} has dims {a.dims}; expected latitude and longitude dimensions"
+            )
+    template = norm[time].reset_coords(drop=True)
+    batch: list[str] = []
+    for a in arrays:
+        batch += [d for d in a.dims if d not in ("lat", "lon", time) and d not in batch]
+    arrays = [a if time in a.dims else a.expand_dims({time: template}) for a in arrays]
+    arrays = list(xr.broadcast(*arrays, exclude=()))
+    out = xr.concat(arrays, dim="variable", coords="minimal", compat="override", join="outer")
+    out = out.assign_coords(variable=[n for n in names if n in found])
+    if time != "time":
+        out = out.rename({time: "time"})
+    out = out.transpose(*batch, "time", "variable", "lat", "lon")
+    if out.chunks is not None:  # one chunk over variables: batches always load every variable
+        out = out.chunk({"variable": -1})
+    out.name = "climax_input"
+    out.attrs = {"units_note": "canonical units of xclimax.vocab.VARIABLES"}
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# inverse
+
+
+def _split_name(name: str) -> tuple[str, float | None]:
+    m = re.match(r"^(.*)_(\d+(?:\.\d+)?)$", name)
+    if m and m.group(1) in vocab.PRESSURE_VARIABLES:
+        return m.group(1), float(m.group(2))
+    return name, None
+
+
+def from_array(
+    da: xr.DataArray,
+    *,
+    like: xr.Dataset | None = None,
+    units: str = "canonical",
+    extra_variables: Any = None,
+    variable_map: Mapping[str, str] | None = None,
+) -> xr.Dataset:
+    """Split a ``variable`` dimension back into a CF-annotated Dataset (inverse of :func:`to_array`).
+
+    Pressure-level variables (``temperature_500``, ``temperature_850``, ...) are grouped on a
+    level dimension, by default ``level`` in hPa. With ``like`` (the user's input Dataset), the
+    vertical coordinate reuses its name, units and order (e.g. ``plev`` in Pa) and the data
+    variables reuse its names where it had them (``z``, ``t2m``, ``ta``, ...).
+    Other dims (batch, ``time``, ``lead_time``) pass through untouched.
+
+    By default (``units="canonical"``) values stay in the canonical ClimaX units stated by the
+    ``units`` attribute, and a name of ``like`` is only reused when its units needed no
+    conversion (CMIP ``zg`` in m comes back as ``geopotential`` in m2 s-2). With
+    ``units="like"`` every variable found in ``like`` is converted back to ``like``'s units and
+    takes its name, so the result looks like the input (``zg`` in m).
+
+    Parameters
+    ----------
+    da : xarray.DataArray
+        Data with a ``variable`` dimension of ClimaX names.
+    like : xarray.Dataset, optional
+        Input whose naming conventions to reuse.
+    units : {"canonical", "like"}
+        Keep canonical units, or convert back to the units of ``like``.
+    extra_variables, variable_map
+        As in :func:`find_variables`, used to resolve names in ``like``.
+
+    Returns
+    -------
+    xarray.Dataset
+        With ``standard_name``, ``units`` and ``long_name`` attributes.
+
+    Examples
+    --------
+    >>> from xclimax.testing import synthetic_dataset
+    >>> ds = synthetic_dataset(2, variables=["temperature", "2m_temperature"], grid=(4, 8))
+    >>> out = from_array(to_array(ds, ["2m_temperature", "temperature_500", "temperature_850"]))
+    >>> out["temperature"].dims, out["level"].values.tolist()
+    (('time', 'level', 'lat', 'lon'), [500, 850])
+    """
+    if "variable" not in da.dims:
+        raise DataError(f"from_array expects a 'variable' dimension; found dims {da.dims}")
+    if units not in ("canonical", "like"):
+        raise ValueError(f"units must be 'canonical' or 'like'; got {units!r}")
+    reg = _registry(extra_variables)
+    names = [str(v) for v in da["variable"].values]
+    sources: dict[str, VariableSource] = {}
+    level_name, level_attrs, level_factor, level_desc = "level", {
+        "standard_name": "air_pressure", "units": "hPa", "long_name": "pressure level", "positive": "down", "axis": "Z",
+    }, 1.0, False
+    level_dtype: Any = None
+    if like is not None:
+        _, sources, _, _ = _resolve(like, [n for n in names if n in reg], extra_variables, variable_map)
+        levs = [s for s in sources.values() if s.kind == "pressure" and s.selection]
+        if levs:
+            level_name = next(iter(levs[0].selection))
+            coord = like[level_name]
+            level_attrs = dict(coord.attrs)
+            hpa = _pressure_to_hpa(coord)
+            vals = np.asarray(coord.values, float)
+            level_factor = float(vals[np.argmax(np.abs(hpa))] / hpa[np.argmax(np.abs(hpa))]) if hpa is not None else 1.0
+            level_desc = bool(hpa is not None and hpa.size > 1 and hpa[0] > hpa[-1])
+            level_dtype = coord.dtype
+    vdim = da.dims.index("variable")
+    groups: dict[str, list[tuple[float, str]]] = {}
+    singles: list[str] = []
+    for n in names:
+        base, lev = _split_name(n)
+        if lev is None:
+            singles.append(n)
+        else:
+            groups.setdefault(base, []).append((lev, n))
+    out = xr.Dataset(attrs={"note": "values in the canonical units of xclimax.vocab (see each variable's units)"})
+
+    def attrs_for(n: str, base: str | None = None) -> dict[str, Any]:
+        spec = reg.get(n)
+        if spec is None:
+            return {}
+        sn = spec["standard_name"]
+        long_name = vocab.PRESSURE_VARIABLES[base][2] if base else spec["long_name"]
+        attrs = {"standard_name": sn[0] if sn else None, "units": spec["units"], "long_name": long_name}
+        if n in vocab.VARIABLES and spec.get("height") is not None:
+            attrs["height_m"] = spec["height"]
+        return {k: v for k, v in attrs.items() if v is not None}
+
+    def name_and_convert(n: str, default: str, x: xr.DataArray) -> tuple[str, xr.DataArray]:
+        x = x.copy(deep=False)
+        x.attrs = {}
+        src = sources.get(n)
+        attrs = attrs_for(n, None if default == n else default)
+        if src is None or src.source is None:
+            return default, x.assign_attrs(attrs)
+        if src.scale == 1.0 and src.offset == 0.0:
+            return src.source, x.assign_attrs(attrs)
+        if units == "like":
+            back = ((x - src.offset) / src.scale).astype(x.dtype)
+            attrs.update({k: v for k, v in like[src.source].attrs.items() if k in ("standard_name", "units", "long_name")})
+            return src.source, back.assign_attrs(attrs)
+        return default, x.assign_attrs(attrs)
+
+    for n in singles:
+        var, x = name_and_convert(n, n, da.sel(variable=n, drop=True))
+        out[var] = x
+    for base, items in groups.items():
+        items.sort(reverse=level_desc)
+        levels = np.array([lev for lev, _ in items]) * level_factor
+        if level_dtype is not None and np.issubdtype(level_dtype, np.integer) or (
+            level_dtype is None and np.allclose(levels, np.round(levels))
+        ):
+            levels = np.round(levels).astype(level_dtype if level_dtype is not None else np.int64)
+        elif level_dtype is not None:
+            levels = levels.astype(level_dtype)
+        stacked = da.sel(variable=[n for _, n in items])
+        stacked = stacked.rename(variable=level_name).assign_coords({level_name: (level_name, levels, level_attrs)})
+        dims = list(da.dims)
+        dims[vdim] = level_name
+        stacked = stacked.transpose(*dims)
+        if len({getattr(sources.get(n), "source", None) for _, n in items}) > 1:
+            var, x = base, stacked.copy(deep=False)  # levels from several sources
+            x.attrs = attrs_for(items[0][1], base)
+        else:
+            var, x = name_and_convert(items[0][1], base, stacked)
+        out[var] = x
+    for c in ("lat", "lon"):
+        if c in out.coords and not out[c].attrs:
+            out[c].attrs = {"lat": {"standard_name": "latitude", "units": "degrees_north", "axis": "Y"},
+                            "lon": {"standard_name": "longitude", "units": "degrees_east", "axis": "X"}}[c]
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# inspection
+
+
+def mapping(
+    ds: xr.Dataset,
+    variables: Iterable[str] | None = None,
+    *,
+    extra_variables: Any = None,
+    variable_map: Mapping[str, str] | None = None,
+) -> dict[str, str | None]:
+    """``{climax name: source variable}`` for the variables found in ``ds`` (computes nothing).
+
+    ``lattitude`` maps to None (computed from the latitude coordinate).
+
+    Examples
+    --------
+    >>> from xclimax.testing import synthetic_dataset
+    >>> ds = synthetic_dataset(2, variables=["2m_temperature"], style="cmip")
+    >>> mapping(ds, ["2m_temperature", "lattitude"])
+    {'2m_temperature': 'tas', 'lattitude': None}
+    """
+    found = find_variables(ds, variables, extra_variables=extra_variables, variable_map=variable_map)
+    return {k: v.source for k, v in found.items()}
+
+
+@dataclass
+class CheckReport:
+    """Result of :func:`check`: which ClimaX variables were found, converted or missing.
+
+    Attributes
+    ----------
+    found : dict of str to VariableSource
+    missing : dict of str to str
+        Name -> what was searched.
+    problems : dict of str to str
+        Name -> unit or ambiguity problem.
+    requested : list of str
+    """
+
+    found: dict[str, VariableSource]
+    missing: dict[str, str]
+    problems: dict[str, str]
+    requested: list[str]
+
+    @property
+    def ok(self) -> bool:
+        """True when every requested variable was found and usable."""
+        return not self.missing and not self.problems
+
+    @property
+    def converted(self) -> dict[str, str]:
+        """Name -> unit conversion applied, for variables that need one."""
+        return {k: v.conversion for k, v in self.found.items() if v.conversion}
+
+    def __repr__(self) -> str:
+        lines = [f"<CheckReport: {len(self.found)}/{len(self.requested)} variables found"
+                 f"{', OK' if self.ok else ''}>"]
+        if self.found:
+            lines.append("Found:")
+            lines += [f"  {v.describe()}" for v in self.found.values()]
+        if self.problems:
+            lines.append("Problems:")
+            lines += [f"  {p}" for p in self.problems.values()]
+        if self.missing:
+            lines.append("Missing:")
+            lines += [f"  {k}: searched {v}" for k, v in self.missing.items()]
+        return "\n".join(lines)
+
+
+def check(
+    ds: xr.Dataset,
+    model: Any = None,
+    *,
+    variables: Iterable[str] | None = None,
+    extra_variables: Any = None,
+    variable_map: Mapping[str, str] | None = None,
+) -> CheckReport:
+    """Report which ClimaX variables ``ds`` provides (for ``model.variables`` if a model is given).
+
+    Never raises for missing variables or bad units (they are listed) and computes nothing.
+
+    Examples
+    --------
+    >>> from xclimax.testing import synthetic_dataset
+    >>> report = check(synthetic_dataset(2, variables=["2m_temperature"]), variables=["2m_temperature", "orography"])
+    >>> report.ok, list(report.missing)
+    (True, [])
+    >>> print(report)  # doctest: +NORMALIZE_WHITESPACE
+    <CheckReport: 2/2 variables found, OK>
+    ...
+    """
+    if variables is None and model is not None:
+        variables = list(model.variables)
+    names, found, missing, bad = _resolve(ds, variables, extra_variables, variable_map)
+    return CheckReport(found, missing, bad, names)
