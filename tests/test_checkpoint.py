@@ -473,3 +473,72 @@ def test_wrong_shapes_and_missing_keys(tmp_path):
     got = loaded.state_dict()
     assert torch.equal(got["blocks.0.mlp.fc2.bias"], torch.zeros(32))  # fresh initialisation
     assert torch.equal(got["blocks.0.mlp.fc1.weight"], sd["blocks.0.mlp.fc1.weight"])
+
+
+# ----------------------------------------------------------------------------- remap_variables (in memory)
+def test_remap_variables_keeps_known_predictions():
+    model = tiny()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    targets = ["10m_u_component_of_wind", "total_precipitation", "latitude", "2m_temperature", "geopotential_500"]
+    with pytest.warns(XClimaxWarning, match="total_precipitation"):
+        wide = ckpt.remap_variables(model, targets)
+    canon = ("10m_u_component_of_wind", "total_precipitation", "lattitude", "2m_temperature", "geopotential_500")
+    assert wide.variables == canon and wide.config == {**model.config, "variables": list(canon)}
+    assert wide.stats == {v: model.stats[v] for v in canon if v in model.stats}
+    assert wide.metadata == model.metadata and wide.metadata is not model.metadata
+    assert wide.metadata["nested"] is not model.metadata["nested"]
+    assert not wide.training  # mode of the source model
+    known = [v for v in canon if v in VARS]
+    for ins in (known, ["geopotential_500", "2m_temperature"]):
+        torch.testing.assert_close(run(wide, ins, out=known), run(model, ins, out=known))
+    # the source model is untouched
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    # a subset drops variables and their stats, silently
+    sub = ckpt.remap_variables(model, ["temperature_850"])
+    assert sub.variables == ("temperature_850",) and set(sub.stats) == {"temperature_850"}
+    torch.testing.assert_close(run(sub, ["temperature_850"]), run(model, ["temperature_850"], out=["temperature_850"]))
+
+
+def test_remap_variables_rows_by_name_and_fresh_rows():
+    model = tiny()
+    targets = ["temperature_850", "mean_sea_level_pressure", "2m_temperature"]
+    torch.manual_seed(7)
+    got = ckpt.remap_variables(model, targets, warn=False).state_dict()
+    torch.manual_seed(7)
+    fresh = ClimaX(variables=targets, **TINY).state_dict()
+    sd, p, V, Vt = model.state_dict(), 2, len(VARS), len(targets)
+    src = [VARS.index(v) if v in VARS else None for v in targets]
+    # independent computation of the strided head layout: feature f = (a * p + b) * V + v
+    for name in ("weight", "bias"):
+        expected = torch.empty_like(fresh[f"head.4.{name}"])
+        for a in range(p):
+            for b in range(p):
+                for j, i in enumerate(src):
+                    row = (a * p + b) * Vt + j
+                    expected[row] = fresh[f"head.4.{name}"][row] if i is None else sd[f"head.4.{name}"][(a * p + b) * V + i]
+        assert torch.equal(got[f"head.4.{name}"], expected)
+    for j, i in enumerate(src):
+        ref, k = (fresh, j) if i is None else (sd, i)
+        assert torch.equal(got["var_embed"][0, j], ref["var_embed"][0, k])
+        for name in ("weight", "bias"):
+            assert torch.equal(got[f"token_embeds.{j}.proj.{name}"], ref[f"token_embeds.{k}.proj.{name}"])
+    shared = [k for k in sd if not k.startswith(("token_embeds", "var_embed", "head.4"))]
+    assert all(torch.equal(sd[k], got[k]) for k in shared)
+    assert not any(torch.equal(sd[k], fresh[k]) for k in shared if sd[k].numel() > 1)  # the comparison can fail
+
+
+def test_remap_variables_same_as_loading_and_bad_input(tmp_path):
+    model = tiny(decoder_depth=1)
+    targets = ["geopotential_500", "2m_temperature"]
+    loaded = load_checkpoint(save_checkpoint(model, tmp_path / "m.pt"), variables=targets)
+    mem = ckpt.remap_variables(model, targets)
+    a, b = loaded.state_dict(), mem.state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert "head.2.weight" in b and b["head.2.weight"].shape[0] == 4 * len(targets)
+    assert ckpt.remap_variables(model.train(), targets).training
+    with pytest.raises(CheckpointError, match="distinct"):
+        ckpt.remap_variables(model, ["2m_temperature", "2m_temperature"])
+    with pytest.raises(CheckpointError, match="distinct"):
+        ckpt.remap_variables(model, [])
+    with pytest.raises(CheckpointError, match="ClimaX model"):
+        ckpt.remap_variables(model.state_dict(), VARS)

@@ -89,7 +89,7 @@ def _reference(fc, truth, name, level=None, flavour="wb2", clim=None):
         ta = np.stack([t[k] - c_of(k) for i, k in mine])
         if flavour == "wb2":
             out["rmse"].append(np.sqrt(spatial_mse.mean()))
-            accs = [np.mean(w * a * b) / np.sqrt(np.mean(w * a * a) * np.mean(w * b * b)) for a, b in zip(fa, ta)]
+            accs = [np.mean(w * a * b) / np.sqrt(np.mean(w * a * a) * np.mean(w * b * b)) for a, b in zip(fa, ta, strict=True)]
             out["acc"].append(np.mean(accs))
         else:
             out["rmse"].append(np.mean(np.sqrt(spatial_mse)))
@@ -227,6 +227,9 @@ def test_names_order_and_attrs():
     assert evaluate(fc, truth, metrics="mse")["u"].attrs["units"] == "(m s-1)^2"
     spatial = evaluate(fc.rename(lat="latitude", lon="longitude"), renamed, metrics="bias", dims="time")
     assert {"latitude", "longitude"} <= set(spatial.dims)
+    # longitudes in [-180, 180) on the truth side are matched to [0, 360) in the forecast
+    west = truth.assign_coords(lon=((truth.lon + 180) % 360) - 180).sortby("lon")
+    xr.testing.assert_allclose(evaluate(fc, west, metrics=["rmse", "acc"], climatology=_clim(truth)), expected)
 
 
 def test_lat_weights():

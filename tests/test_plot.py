@@ -52,7 +52,7 @@ def test_maps(truth, backend):
     t = truth["temperature"].isel(time=3).sel(level=850).values
     meshes = _meshes(fig, 3)
     assert len(meshes) == 3
-    for mesh, expected in zip(meshes, (f, t, f - t)):
+    for mesh, expected in zip(meshes, (f, t, f - t), strict=True):
         np.testing.assert_allclose(np.asarray(mesh.get_array()).reshape(expected.shape), expected, rtol=1e-6)
     assert meshes[0].norm.vmin == meshes[1].norm.vmin == pytest.approx(min(f.min(), t.min()))
     assert meshes[2].norm.vcenter == 0.0

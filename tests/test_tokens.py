@@ -323,3 +323,52 @@ def test_names_without_cf_attributes_and_missing_units():
     with pytest.warns(xclimax.XClimaxWarning, match="2m_temperature"):
         got = to_array(bare, names)
     xr.testing.assert_identical(got, to_array(ds, names))
+
+
+@pytest.mark.parametrize("style", ["cmip", "era5"])
+def test_single_pressure_level_is_not_a_near_surface_field(style, backend):
+    """A size-1 plev/level dimension is a pressure level, never a 2 m / 10 m field."""
+    ds = as_backend(synthetic_dataset(3, variables=["temperature", "u_component_of_wind"], levels=[850], grid=GRID,
+                                      style=style), backend)
+    src, lev = ("ta", "plev") if style == "cmip" else ("temperature", "level")
+    with raise_if_dask_computes():
+        found = find_variables(ds, ["2m_temperature", "10m_u_component_of_wind", "temperature_850", "u_component_of_wind_850"])
+        report = check(ds, variables=["2m_temperature", "temperature_850"])
+    assert list(found) == ["temperature_850", "u_component_of_wind_850"]
+    assert found["temperature_850"].source == src and found["temperature_850"].selection == {lev: 0}
+    assert f"pressure-level dimension {lev!r} (size 1)" in report.missing["2m_temperature"]
+    with pytest.raises(CFMappingError, match="2m_temperature"):
+        to_array(ds, ["2m_temperature"])
+    # the same holds for a level dimension without a coordinate
+    bare = ds.drop_vars(lev)
+    assert "2m_temperature" not in find_variables(bare, ["2m_temperature"])
+    # even an explicit variable_map cannot turn a pressure-level field into a 2 m one
+    with pytest.raises(CFMappingError, match="not a 2 m field"):
+        to_array(ds, ["2m_temperature"], variable_map={"2m_temperature": src})
+    with raise_if_dask_computes():
+        da = to_array(ds, ["temperature_850"])
+    np.testing.assert_array_equal(da.values[:, 0], ds[src].values[:, 0])
+
+
+@pytest.mark.parametrize("style", ["cmip", "era5"])
+def test_scalar_pressure_coordinate_after_sel(style, backend):
+    """``ds.sel(plev=85000)`` leaves a scalar plev shared by every variable: names decide, never the height rule."""
+    full = synthetic_dataset(3, variables=["temperature", "2m_temperature"], levels=[500, 850], grid=GRID, style=style,
+                             constants=False)
+    src, sfc, lev, value = ("ta", "tas", "plev", 85000) if style == "cmip" else ("temperature", "2m_temperature", "level", 850)
+    ds = as_backend(full, backend).sel({lev: value})
+    assert lev in ds[sfc].coords and lev not in ds[sfc].dims  # the shared scalar coordinate
+    with raise_if_dask_computes():
+        assert mapping(ds, ["2m_temperature", "temperature_850", "temperature_500"]) == {
+            "2m_temperature": sfc, "temperature_850": src}
+        da = to_array(ds, ["2m_temperature", "temperature_850"])
+    np.testing.assert_array_equal(da.values[:, 0], full[sfc].values)
+    np.testing.assert_array_equal(da.values[:, 1], full[src].sel({lev: value}).values)
+    # alone, the pressure-level variable is temperature_850 and not 2m_temperature
+    alone = ds[[src]]
+    found = find_variables(alone, ["2m_temperature", "temperature_850"])
+    assert list(found) == ["temperature_850"] and found["temperature_850"].level == value
+    assert "scalar pressure coordinate" in check(alone, variables=["2m_temperature"]).missing["2m_temperature"]
+    # a user who knows better maps it explicitly
+    got = to_array(alone, ["2m_temperature"], variable_map={"2m_temperature": src})
+    np.testing.assert_array_equal(got.values[:, 0], full[src].sel({lev: value}).values)

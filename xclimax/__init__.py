@@ -23,6 +23,7 @@ _LAZY = {
     "ClimaX": "model",
     "load_checkpoint": "checkpoint",
     "save_checkpoint": "checkpoint",
+    "remap_variables": "checkpoint",
     "compute_stats": "normalize",
     "forecast": "inference",
     "downscale": "inference",

@@ -41,32 +41,40 @@ def _demo(args: argparse.Namespace) -> int:
     )
     scores, pers, climf = (s.compute() for s in (scores, pers, climf))
 
-    rows = []
-    for name in scores.data_vars:
-        da = scores[name]
-        extra = [d for d in da.dims if d not in ("metric", "lead_time")]
-        for idx in (da.isel({d: 0 for d in []}) if not extra else da).groupby(extra[0]) if extra else [(None, da)]:
-            key, sub = idx
-            label = name if key is None else f"{name}@{key:g}"
-            for lt in sub["lead_time"].values:
-                sel = dict(lead_time=lt)
-                if key is not None:
-                    sel[extra[0]] = key
-                r_m = float(scores[name].sel(metric="rmse", **sel))
-                r_p = float(pers[name].sel(metric="rmse", **sel))
-                r_c = float(climf[name].sel(metric="rmse", **sel))
-                rows.append((label, pd.Timedelta(lt), r_m, r_p, r_c, scores[name].attrs.get("units", "")))
-    print(f"xclimax {xclimax.__version__} demo: {init.sizes['time']} held-out initial times ({ds.attrs.get('title', 'demo data')})")
-    print(f"{'variable':<28}{'lead':>8}{'ClimaX':>12}{'persistence':>13}{'climatology':>13}{'skill vs pers.':>16}  units")
-    for label, lt, r_m, r_p, r_c, units in rows:
-        hours = int(lt / pd.Timedelta("1h"))
-        print(f"{label:<28}{hours:>7}h{r_m:>12.4g}{r_p:>13.4g}{r_c:>13.4g}{1 - r_m / r_p:>15.1%}  {units}")
+    print(f"xclimax {xclimax.__version__} demo: {init.sizes['time']} held-out initial times, {ds.attrs.get('title', '')}")
+    print(f"{'variable':<30}{'lead':>6}{'ClimaX':>11}{'persistence':>13}{'climatology':>13}{'vs persistence':>16}  units")
+    for label, lead_h, values, units in _rows(scores, pers, climf):
+        model_rmse, pers_rmse, clim_rmse = values
+        gain = 1 - model_rmse / pers_rmse
+        print(f"{label:<30}{lead_h:>5}h{model_rmse:>11.4g}{pers_rmse:>13.4g}{clim_rmse:>13.4g}{gain:>+16.1%}  {units}")
     out = Path(args.output)
     var = args.variable if args.variable in fc else variables[0]
-    fig = plot.maps(fc, ds, var, lead_time=leads[-1], time=fc["time"].values[0])
+    level = {"level": args.level} if "level" in fc[var].dims else {}
+    fig = plot.maps(fc, ds, var, lead_time=leads[-1], time=fc["time"].values[0], **level)
     fig.savefig(out, dpi=110, bbox_inches="tight")
     print(f"map of forecast, truth and error written to {out.resolve()}")
+    curve = out.with_name(out.stem + "_scores" + out.suffix)
+    fig = plot.error_vs_lead(scores, metric="rmse", baselines={"persistence": pers, "climatology": climf})
+    fig.savefig(curve, dpi=110, bbox_inches="tight")
+    print(f"RMSE against lead time written to {curve.resolve()}")
     return 0
+
+
+def _rows(*scores):
+    """Yield (label, lead hours, [rmse of each score set], units) for every variable, level and lead time."""
+    import pandas as pd
+
+    first = scores[0]
+    for name in first.data_vars:
+        da = first[name].sel(metric="rmse")
+        levels = [d for d in da.dims if d != "lead_time"]
+        stacked = da.stack(_point=levels) if levels else da.expand_dims(_point=[None])
+        for point in stacked["_point"].values:
+            sel = dict(zip(levels, point if isinstance(point, tuple) else (point,))) if levels else {}
+            suffix = "".join(f" {v:g}" if isinstance(v, (int, float)) else f" {v}" for v in sel.values())
+            for lead in da["lead_time"].values:
+                values = [float(s[name].sel(metric="rmse", lead_time=lead, **sel)) for s in scores]
+                yield f"{name}{suffix}", int(pd.Timedelta(lead) / pd.Timedelta("1h")), values, first[name].attrs.get("rmse_units", "")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -77,7 +85,8 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--steps", type=int, default=3, help="autoregressive steps (default 3: 24, 48, 72 h)")
     demo.add_argument("--every", type=int, default=4, help="use every n-th held-out time as initial time (default 4: daily)")
     demo.add_argument("--max-inits", type=int, default=None, help="at most this many initial times")
-    demo.add_argument("--variable", default="geopotential_500", help="variable to map")
+    demo.add_argument("--variable", default="geopotential", help="variable to map (default geopotential)")
+    demo.add_argument("--level", type=float, default=500, help="pressure level (hPa) to map (default 500)")
     demo.add_argument("--output", default="xclimax_demo.png", help="PNG file for the map")
     demo.add_argument("--no-progress", action="store_true", help="hide progress bars")
     demo.add_argument("-v", "--verbose", action="store_true")

@@ -259,7 +259,7 @@ def land_sea_mask(lat: np.ndarray, lon: np.ndarray) -> np.ndarray:
     --------
     >>> lsm = land_sea_mask(np.array([-85.0, 0.0, 50.0]), np.array([0.0, 180.0, 260.0]))
     >>> lsm.astype(int).tolist()
-    [[1, 1, 1], [1, 0, 0], [0, 0, 1]]
+    [[1, 1, 1], [1, 0, 0], [1, 0, 1]]
     """
     return (_land_fraction(lat, lon) >= 0.5).astype(np.float64)
 
@@ -638,53 +638,52 @@ def derive_fields(
     >>> f["temperature"].shape, f["2m_temperature"].shape
     ((1, 2, 32, 64), (1, 32, 64))
     """
+    f32 = np.float32
     lat, lon = np.asarray(lat, float), np.asarray(lon, float)
     p = np.asarray(levels, float)
-    A, dA = vertical_structure(p)
-    phi_ref, t_ref = _reference(p)
+    # small coefficient arrays in float32 so that the big arrays stay float32
     lev = (None, slice(None), None, None)
-    z = state["zprime"].astype(np.float64)[:, None]
-    geo = phi_ref[lev] + A[lev] * z
-    temp = t_ref[lev] + dA[lev] * z / R_DRY
-    u = A[lev] * state["u"][:, None]
-    v = A[lev] * state["v"][:, None]
+    A, dA = (a.astype(f32)[lev] for a in vertical_structure(p))
+    phi_ref, t_ref = (a.astype(f32)[lev] for a in _reference(p))
+    (a925,), (da925,) = vertical_structure(np.array([925.0]))
+    (phi925,), (t925_ref,) = _reference(np.array([925.0]))
+    z = state["zprime"].astype(f32)
+    us, vs = state["u"].astype(f32), state["v"].astype(f32)
+    geo = phi_ref + A * z[:, None]
+    temp = t_ref + dA * (z[:, None] / f32(R_DRY))
     # humidity: relative humidity from a climatological profile modulated by the weather
     lat2 = lat[:, None]
     lsm = land_sea_mask(lat, lon)
     sgn = np.sign(lat2)
-    cyclonic = np.tanh(state["vort"] * sgn / 4e-5)[:, None]
-    ascent = np.tanh(state["div"] / 3e-6)[:, None]
+    cyclonic = np.tanh(state["vort"] * (sgn / 4e-5).astype(f32))[:, None]
+    ascent = np.tanh(state["div"] * f32(1 / 3e-6))[:, None]
     rh0 = (0.2 + 0.55 * (p / 1000.0) ** 2)[lev] * (1 + 0.25 * np.exp(-0.5 * (lat2 / 15.0) ** 2)) * (1 - 0.2 * lsm)
-    rh = np.clip(rh0 * (1 + 0.35 * cyclonic + 0.35 * ascent), 0.02, 1.0)
-    q = rh * _qsat(temp, p[lev] * 100.0)
-    # surface
+    rh = np.clip(rh0.astype(f32) * (1 + f32(0.35) * (cyclonic + ascent)), f32(0.02), f32(1.0))
+    q = rh * _qsat(temp, (p[lev] * 100.0).astype(f32))
+    # surface: 925 hPa temperature brought down (or up) to the surface with a 6.5 K/km lapse rate
     zs = orography(lat, lon)
-    t925 = temp[:, p.tolist().index(925)] if 925 in p.tolist() else _reference(np.array([925.0]))[1][0] + vertical_structure(np.array([925.0]))[1][0] * z[:, 0] / R_DRY
-    z925 = (_reference(np.array([925.0]))[0][0] + vertical_structure(np.array([925.0]))[0][0] * z[:, 0]) / G0
-    t_surf = t925 + 0.0065 * (z925 - zs)
-    doy = np.asarray(time.dayofyear, float)[:, None, None]
+    t925 = f32(t925_ref) + f32(da925 / R_DRY) * z
+    z925 = f32(phi925 / G0) + f32(a925 / G0) * z
+    doy = np.asarray(time.day_of_year, float)[:, None, None]
     hours = np.asarray(time.hour, float)[:, None, None]
     summer = -np.cos(2 * np.pi * (doy - 15.0) / 365.25) * np.sin(np.deg2rad(lat2))  # >0 in local summer
     local_time = (hours + lon[None, None, :] / 15.0) % 24
     diurnal = 3.0 * np.cos(2 * np.pi * (local_time - 14.0) / 24.0) * np.cos(np.deg2rad(lat2))
-    t2m = t_surf + lsm * (7.0 * summer + diurnal) - 2.0 * lsm * (zs > 2000)
-    a925 = vertical_structure(np.array([925.0]))[0][0]
-    turn = np.deg2rad(20.0) * sgn  # towards low pressure: to the left in the north, right in the south
+    t2m = t925 + f32(0.0065) * (z925 - zs.astype(f32)) + (lsm * (7.0 * summer + diurnal) - 2.0 * lsm * (zs > 2000)).astype(f32)
+    # 10 m winds: 925 hPa winds slowed by friction and turned towards low pressure
+    turn = np.deg2rad(20.0) * sgn  # to the left in the north, to the right in the south
     red = 1.0 - 0.2 * lsm
-    u925, v925 = a925 * state["u"], a925 * state["v"]
-    u10 = red * (u925 * np.cos(turn) - v925 * np.sin(turn))
-    v10 = red * (u925 * np.sin(turn) + v925 * np.cos(turn))
-    f32 = np.float32
+    cu, su = (a925 * red * np.cos(turn)).astype(f32), (a925 * red * np.sin(turn)).astype(f32)
     return {
-        "geopotential": geo.astype(f32),
-        "temperature": temp.astype(f32),
-        "u_component_of_wind": u.astype(f32),
-        "v_component_of_wind": v.astype(f32),
+        "geopotential": geo,
+        "temperature": temp,
+        "u_component_of_wind": A * us[:, None],
+        "v_component_of_wind": A * vs[:, None],
         "specific_humidity": q.astype(f32),
-        "relative_humidity": (100.0 * rh).astype(f32),
+        "relative_humidity": f32(100.0) * rh,
         "2m_temperature": t2m.astype(f32),
-        "10m_u_component_of_wind": u10.astype(f32),
-        "10m_v_component_of_wind": v10.astype(f32),
+        "10m_u_component_of_wind": cu * us - su * vs,
+        "10m_v_component_of_wind": su * us + cu * vs,
         "land_sea_mask": lsm.astype(f32),
         "geopotential_at_surface": (G0 * zs).astype(f32),
     }

@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
+from ._utils import as_lead_times
 from .exceptions import DataError
 from .metrics import _at_valid_times
 
@@ -24,35 +25,6 @@ __all__ = ["persistence", "climatology", "climatology_forecast", "as_lead_times"
 logger = logging.getLogger(__name__)
 
 _BY = ("dayofyear", "dayofyear_hour", "mean")
-
-
-def as_lead_times(lead_time: Any) -> np.ndarray:
-    """Lead time(s) as a 1-D ``timedelta64[ns]`` array.
-
-    Strings (``"6h"``), ``numpy.timedelta64``, ``datetime.timedelta`` and pandas
-    ``Timedelta`` are accepted, alone or in a list; plain numbers are hours.
-
-    Examples
-    --------
-    >>> as_lead_times(["6h", 24]) / np.timedelta64(1, "h")
-    array([ 6., 24.])
-    """
-    values = [lead_time] if isinstance(lead_time, (str, int, float, np.timedelta64, pd.Timedelta)) or np.ndim(
-        lead_time
-    ) == 0 else list(lead_time)
-    out = []
-    for value in values:
-        if isinstance(value, (bool, np.bool_)):
-            raise DataError(f"lead_time must be a time span such as '6h'; got {value!r}")
-        if isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, np.timedelta64):
-            value = pd.Timedelta(hours=float(value))
-        try:
-            out.append(pd.Timedelta(value).to_timedelta64())
-        except (ValueError, TypeError) as err:
-            raise DataError(f"lead_time must be a time span such as '6h' or a number of hours; got {value!r}") from err
-    if not out:
-        raise DataError("lead_time is empty; give at least one lead time")
-    return np.asarray(out, dtype="timedelta64[ns]")
 
 
 def _with_valid_time(fc: xr.Dataset) -> xr.Dataset:

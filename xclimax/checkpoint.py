@@ -18,6 +18,7 @@ interpolated when the grid changes.
 
 from __future__ import annotations
 
+import copy
 import inspect
 import json
 import logging
@@ -37,7 +38,7 @@ from .exceptions import CheckpointError, XClimaxWarning
 from .model import ClimaX
 from .vocab import CLIMAX_VARIABLES, canonical_name
 
-__all__ = ["load_checkpoint", "save_checkpoint"]
+__all__ = ["load_checkpoint", "save_checkpoint", "remap_variables"]
 
 logger = logging.getLogger(__name__)
 
@@ -659,6 +660,81 @@ def load_checkpoint(
         config["depth"],
     )
     return model.eval().to(device)
+
+
+def remap_variables(model: ClimaX, variables: Sequence[str], *, warn: bool = True) -> ClimaX:
+    """A copy of ``model`` whose variables are ``variables``, weights matched by name.
+
+    The in-memory counterpart of ``load_checkpoint(path, variables=...)``: variables of
+    ``model`` keep their token embedding, variable-embedding row and prediction-head rows
+    (moved to their new position), variables not in ``model`` get the fresh weights of a new
+    :class:`~xclimax.ClimaX` with the same configuration, and variables left out are dropped.
+    All other weights are copied, so predictions of known variables from known inputs are
+    unchanged. Use it to add variables before fine-tuning or to reorder a model's tokens.
+
+    Parameters
+    ----------
+    model : ClimaX
+        The source model; it is not modified.
+    variables : sequence of str
+        Variables of the new model, in token order (aliases such as ``"latitude"`` accepted).
+    warn : bool, default True
+        Warn (:class:`~xclimax.XClimaxWarning`) when some variables get fresh weights.
+
+    Returns
+    -------
+    ClimaX
+        A new model on ``model``'s device, dtype and training mode, with ``config`` equal to
+        ``model.config`` except ``variables``, ``stats`` kept for the known variables and a copy
+        of ``metadata``.
+
+    Raises
+    ------
+    CheckpointError
+        If ``model`` is not a ClimaX or ``variables`` is empty or has duplicates.
+
+    See Also
+    --------
+    load_checkpoint
+
+    Examples
+    --------
+    >>> import torch
+    >>> from xclimax import ClimaX
+    >>> model = ClimaX(["2m_temperature", "geopotential_500"], img_size=(4, 8), embed_dim=16, depth=1, num_heads=2)
+    >>> model.stats = {"2m_temperature": (278.0, 21.0), "geopotential_500": (54000.0, 3300.0)}
+    >>> wide = remap_variables(model, ["geopotential_500", "2m_temperature", "latitude"], warn=False)
+    >>> wide.variables, wide.stats["geopotential_500"], "lattitude" in wide.stats
+    (('geopotential_500', '2m_temperature', 'lattitude'), (54000.0, 3300.0), False)
+    >>> torch.equal(wide.state_dict()["token_embeds.0.proj.weight"], model.state_dict()["token_embeds.1.proj.weight"])
+    True
+    """
+    if not isinstance(model, ClimaX):
+        raise CheckpointError(f"remap_variables expects a ClimaX model, found {type(model).__name__}")
+    if isinstance(variables, str):
+        variables = [variables]
+    target = [canonical_name(v) for v in variables]
+    if not target or len(set(target)) != len(target):
+        raise CheckpointError(f"expected a non-empty list of distinct variable names, found {list(variables)}")
+    position = {v: i for i, v in enumerate(model.variables)}
+    index = [position.get(v) for v in target]
+    new = [v for v, i in zip(target, index) if i is None]
+    like = next(model.parameters())
+    out = ClimaX(**{**model.config, "variables": target}).to(device=like.device, dtype=like.dtype)
+    grid = (model.img_size[0] // model.patch_size, model.img_size[1] // model.patch_size)
+    fresh = out.state_dict()
+    state = _remap(model.state_dict(), fresh, index, model.patch_size, model.config["decoder_depth"], (grid, grid))
+    out.load_state_dict({**fresh, **state}, strict=True)
+    out.stats = {v: model.stats[v] for v in target if v in model.stats}
+    out.metadata = copy.deepcopy(model.metadata)
+    if new and warn:
+        warnings.warn(
+            f"variables not in the model get freshly initialised weights (fine-tune before use): {new}",
+            XClimaxWarning,
+            stacklevel=2,
+        )
+    logger.info("remapped %d variables onto %d (%d new: %s)", len(model.variables), len(target), len(new), new)
+    return out.train(model.training)
 
 
 # --------------------------------------------------------------------------- writing

@@ -23,6 +23,7 @@ import xarray as xr
 
 from . import grid as _grid
 from . import tokens as _tokens
+from ._utils import as_lead_times, resolve_device
 from ._version import __version__
 from .exceptions import CFMappingError, DataError, GridError, XClimaxWarning
 from .options import OPTIONS
@@ -41,30 +42,12 @@ logger = logging.getLogger(__name__)
 # ----------------------------------------------------------------------------- helpers
 
 
-def resolve_device(device: Any = None) -> "torch.device":
-    """Return the torch device to use: ``device`` or the ``device`` option (``"auto"``: CUDA if available).
-
-    Examples
-    --------
-    >>> resolve_device("cpu")
-    device(type='cpu')
-    """
-    import torch
-
-    device = OPTIONS["device"] if device is None else device
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    return torch.device(device)
-
-
 def _as_timedelta(value: Any, name: str = "lead_time") -> pd.Timedelta:
-    try:
-        td = pd.Timedelta(value)
-    except (TypeError, ValueError) as err:
-        raise ValueError(f"{name} must be a timedelta or a string like '24h'; got {value!r}") from err
-    if pd.isna(td):
-        raise ValueError(f"{name} must be a timedelta or a string like '24h'; got {value!r}")
-    return td
+    """One lead time as a Timedelta: strings like ``"24h"``, timedeltas, or numbers of hours."""
+    leads = as_lead_times(value)
+    if leads.size != 1:
+        raise DataError(f"{name} must be a single lead time per step; got {leads.size}: {value!r}")
+    return pd.Timedelta(leads[0])
 
 
 def _is_dynamic(name: str) -> bool:

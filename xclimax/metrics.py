@@ -39,6 +39,7 @@ import pandas as pd
 import xarray as xr
 
 from .exceptions import DataError, GridError, XClimaxWarning
+from .grid import GridInfo, normalize_grid, restore_grid
 
 __all__ = ["evaluate", "lat_weights", "METRICS"]
 
@@ -47,39 +48,15 @@ logger = logging.getLogger(__name__)
 #: Scores :func:`evaluate` can compute.
 METRICS: tuple[str, ...] = ("rmse", "mse", "mae", "bias", "acc")
 _FLAVOURS = ("wb2", "climax")
-_LAT_NAMES = ("lat", "latitude")
-_LON_NAMES = ("lon", "longitude")
 _SPACE = ("lat", "lon")
 
 
 # --------------------------------------------------------------------------- helpers
-def _find_coord(ds: xr.Dataset, names: Sequence[str], standard_name: str) -> Hashable | None:
-    for name in names:
-        if name in ds.dims:
-            return name
-    for name in ds.dims:
-        if name in ds.coords and ds[name].attrs.get("standard_name") == standard_name:
-            return name
-    return None
-
-
-def _standardise(ds: xr.Dataset, what: str) -> tuple[xr.Dataset, dict[str, Hashable]]:
-    """Rename the latitude/longitude dims of ``ds`` to ``lat``/``lon``.
-
-    Returns the renamed Dataset and ``{"lat": original name, "lon": original name}``.
-    """
+def _standardise(ds: xr.Dataset, what: str) -> tuple[xr.Dataset, GridInfo]:
+    """``ds`` on the canonical grid layout (``lat``/``lon``, lat ascending, lon in [0, 360)), lazily."""
     if not isinstance(ds, xr.Dataset):
         raise DataError(f"{what} must be an xarray.Dataset; got {type(ds).__name__}")
-    lat = _find_coord(ds, _LAT_NAMES, "latitude")
-    lon = _find_coord(ds, _LON_NAMES, "longitude")
-    if lat is None or lon is None:
-        raise GridError(
-            f"{what} needs latitude and longitude dimensions (named lat/latitude and lon/longitude, "
-            f"or with standard_name latitude/longitude); found dims {list(ds.dims)}"
-        )
-    names = {"lat": lat, "lon": lon}
-    rename = {v: k for k, v in names.items() if v != k}
-    return (ds.rename(rename) if rename else ds), names
+    return normalize_grid(ds)
 
 
 def _grid_order(reference: xr.Dataset, other: xr.Dataset, what: str) -> dict[str, np.ndarray]:
@@ -242,7 +219,7 @@ def _at_valid_times(clim: xr.DataArray | xr.Dataset, valid: np.ndarray, coords: 
         dim = "dayofyear"
         pos = pd.Index(clim["dayofyear"].values).get_indexer(stamps.day_of_year)
     if (pos < 0).any():
-        lacking = sorted({(d, h) if dim != "dayofyear" else d for d, h, p in zip(stamps.day_of_year, stamps.hour, pos) if p < 0})
+        lacking = sorted({(d, h) if dim != "dayofyear" else d for d, h, p in zip(stamps.day_of_year, stamps.hour, pos, strict=True) if p < 0})
         raise DataError(f"{what} lacks the (dayofyear{', hour' if dim != 'dayofyear' else ''}) values {lacking} "
                         "needed for the forecast valid times")
     return _take(clim, dim, pos.reshape(valid.shape), coords).drop_vars(["dayofyear", "hour"], errors="ignore")
@@ -336,7 +313,8 @@ def evaluate(
     if unknown or not metrics or len(set(metrics)) != len(metrics):
         raise DataError(f"metrics must be distinct names from {METRICS}; got {metrics}")
 
-    fc, fc_names = _standardise(forecast, "forecast")
+    fc, fc_info = _standardise(forecast, "forecast")
+    fc_names = {"lat": fc_info.lat_name, "lon": fc_info.lon_name}
     tr, _ = _standardise(truth, "truth")
     for what, obj, need in (("forecast", fc, ("time", "lead_time")), ("truth", tr, ("time",))):
         missing_dims = [d for d in need if d not in obj.dims]
@@ -439,7 +417,10 @@ def evaluate(
             da.attrs["long_name"] = f"scores of {attrs['long_name']}"
         out[name] = da
     result = xr.Dataset(out)
-    result = result.rename({k: v for k, v in fc_names.items() if k in result.dims and k != v})
+    if set(_SPACE) <= set(result.dims):
+        result = restore_grid(result, fc_info)
+    else:
+        result = result.rename({k: v for k, v in fc_names.items() if k in result.dims and k != v})
     result.attrs = {
         "flavour": flavour,
         "averaged_over": " ".join(str(fc_names.get(d, d)) for d in dims),

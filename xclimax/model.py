@@ -17,7 +17,6 @@ patch, which dominate the cost of the official module.
 
 from __future__ import annotations
 
-import math
 from typing import Any, Sequence
 
 import numpy as np

@@ -17,7 +17,7 @@ import xarray as xr
 from matplotlib.colors import TwoSlopeNorm
 from matplotlib.figure import Figure
 
-from .baselines import as_lead_times
+from ._utils import as_lead_times
 from .exceptions import DataError
 from .metrics import _standardise
 
@@ -136,7 +136,7 @@ def maps(
         ("truth", t.values, dict(cmap="viridis", vmin=vmin, vmax=vmax)),
         ("forecast - truth", err.values, dict(cmap="RdBu_r", norm=TwoSlopeNorm(0.0, -emax, emax))),
     )
-    for ax, (title, values, style) in zip(axes, panels):
+    for ax, (title, values, style) in zip(axes, panels, strict=True):
         if kw:
             import cartopy.crs as ccrs
 

@@ -86,6 +86,10 @@ def _conversion(target: str, found: Any) -> tuple[float, float, str] | None:
     return _CONVERSIONS.get((t, f))
 
 
+#: names of vertical pressure coordinates (recognised by name when they have no units)
+_PRESSURE_NAMES = ("level", "isobaricInhPa", "plev", "pressure_level", "pressure", "lev")
+
+
 def _pressure_to_hpa(coord: xr.DataArray) -> np.ndarray | None:
     """Values of a vertical coordinate in hPa, or None if it is not a pressure coordinate."""
     units = _unit_key(coord.attrs.get("units"))
@@ -94,10 +98,7 @@ def _pressure_to_hpa(coord: xr.DataArray) -> np.ndarray | None:
         return values / 100.0
     if units == "hPa":
         return values
-    if units is None and (
-        coord.attrs.get("standard_name") == "air_pressure"
-        or coord.name in ("level", "isobaricInhPa", "plev", "pressure_level", "pressure", "lev")
-    ):
+    if units is None and (coord.attrs.get("standard_name") == "air_pressure" or coord.name in _PRESSURE_NAMES):
         # no units: hPa by name or by magnitude (Pa levels exceed 1100)
         if coord.name == "isobaricInhPa":
             return values
@@ -232,7 +233,7 @@ def _vertical_dims(da: xr.DataArray, ds: xr.Dataset) -> tuple[dict[str, np.ndarr
     """(pressure dims -> values in hPa, height dims/scalars -> values in m) of a variable."""
     pressure: dict[str, np.ndarray] = {}
     height: dict[str, np.ndarray] = {}
-    for name in set(da.dims) | set(da.coords):
+    for name in [*da.dims, *(c for c in da.coords if c not in da.dims)]:  # dimensions first
         if name in ("time", "lat", "lon"):
             continue
         coord = da.coords[name] if name in da.coords else (ds.coords[name] if name in ds.coords else None)
@@ -277,18 +278,31 @@ def _candidates(ds: xr.Dataset, name: str, spec: Mapping[str, Any]) -> list[str]
     return sorted(out, key=rank)
 
 
-def _match(ds: xr.Dataset, name: str, var: str, spec: Mapping[str, Any]) -> tuple[dict, float | None, tuple, str]:
-    """Try variable ``var`` for ``spec``: (selection, level, drop_dims, reason-if-rejected)."""
+def _match(
+    ds: xr.Dataset, name: str, var: str, spec: Mapping[str, Any], *, explicit: bool = False
+) -> tuple[dict, float | None, tuple, str]:
+    """Try variable ``var`` for ``spec``: (selection, level, drop_dims, reason-if-rejected).
+
+    A scalar coordinate of a Dataset is attached to every data variable, so a scalar pressure
+    coordinate (left by ``ds.sel(plev=85000)``) cannot tell ``ta`` from ``tas``: a variable named
+    as a near-surface field (``tas``, ``t2m``, ...) is then not taken as a pressure-level field,
+    and a near-surface field is only taken from such a variable when its name says so or it was
+    mapped explicitly (``explicit``, from ``variable_map``). A pressure *dimension*, whatever its
+    size, always rules a variable out as a near-surface field.
+    """
     da = ds[var]
     pressure, height = _vertical_dims(da, ds)
     level, want_h = spec.get("level"), spec.get("height")
     kind = spec["kind"]
+    implied = _NAME_HEIGHT.get(var)
     sel: dict[str, int] = {}
     drop: list[str] = []
     if kind == "pressure":
         if not pressure:
             return {}, None, (), f"{var!r} has no pressure-level coordinate"
         (dim, values), = list(pressure.items())[:1]
+        if dim not in da.dims and implied is not None and not explicit:
+            return {}, None, (), f"{var!r} is named as a {implied:g} m field (its scalar {dim} is the Dataset's)"
         hits = np.flatnonzero(np.isclose(values, float(level), atol=0.01, rtol=1e-5))
         if hits.size == 0:
             return {}, None, (), f"{var!r} has {dim} levels {np.round(values, 3).tolist()} hPa, not {level} hPa"
@@ -296,6 +310,20 @@ def _match(ds: xr.Dataset, name: str, var: str, spec: Mapping[str, Any]) -> tupl
         if dim in da.dims:
             sel[dim] = int(hits[0])
         return sel, float(coord_values[hits[0]]), (), ""
+    if kind == "surface" and want_h is not None:
+        # near-surface (2 m / 10 m): a height coordinate or no vertical coordinate at all
+        for dim in da.dims:
+            if dim in pressure or (dim in _PRESSURE_NAMES and dim not in ds.coords):
+                return {}, None, (), (
+                    f"{var!r} has a pressure-level dimension {dim!r} (size {da.sizes[dim]}), "
+                    f"so it is not a {want_h:g} m field"
+                )
+        scalars = [c for c in pressure if c not in da.dims]
+        if scalars and implied is None and not explicit:
+            return {}, None, (), (
+                f"{var!r} has a scalar pressure coordinate {scalars[0]!r} = {float(pressure[scalars[0]][0]):g} hPa, "
+                f"so it is not taken as a {want_h:g} m field (map it with variable_map if it is one)"
+            )
     # surface / constant: no pressure dimension of size > 1
     for dim in pressure:
         if dim in da.dims and da.sizes[dim] > 1:
@@ -401,7 +429,7 @@ def _resolve(
             cands = cache[ckey]
         reasons, matches = [], []
         for var in cands:
-            sel, level, drop, why = _match(ds, name, var, spec)
+            sel, level, drop, why = _match(ds, name, var, spec, explicit=name in umap)
             if why:
                 reasons.append(why)
             else:

@@ -35,7 +35,7 @@ from . import normalize as _normalize
 from . import tokens as _tokens
 from .batching import Batch, BatchLoader, split_times, time_step
 from .exceptions import CheckpointError, DataError, GridError
-from .inference import resolve_device
+from ._utils import resolve_device
 from .model import ClimaX
 from .options import OPTIONS
 from .vocab import FORECAST_VARIABLES, VARIABLES, canonical_name
@@ -309,14 +309,7 @@ def _widen(model: ClimaX, variables: Sequence[str]) -> ClimaX:
     new = [v for v in dict.fromkeys(variables) if v not in model.variables]
     if not new:
         return copy.deepcopy(model)
-    config = {**model.config, "variables": list(model.variables) + new}
-    wide = ClimaX(**config)
-    fresh = wide.state_dict()
-    index = list(range(len(model.variables))) + [None] * len(new)
-    grid = (model.img_size[0] // model.patch_size, model.img_size[1] // model.patch_size)
-    state = _checkpoint._remap(model.state_dict(), fresh, index, model.patch_size, config["decoder_depth"], (grid, grid))
-    wide.load_state_dict(state)
-    wide.stats, wide.metadata = dict(model.stats), copy.deepcopy(model.metadata)
+    wide = _checkpoint.remap_variables(model, list(model.variables) + new, warn=False)
     logger.info("added fresh token embeddings, var_embed rows and head rows for %s", new)
     return wide
 

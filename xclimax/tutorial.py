@@ -26,7 +26,7 @@ from . import atmosphere
 from ._version import __version__
 from .exceptions import DataError
 from .testing import grid_coords
-from .vocab import PRESSURE_LEVELS, PRESSURE_VARIABLES, VARIABLES
+from .vocab import PRESSURE_LEVELS, PRESSURE_VARIABLES
 
 __all__ = ["DEMO_YEARS", "SPLITS", "VERSION", "cache_dir", "open_dataset", "split", "load_model", "DEMO_MODEL_PATH"]
 

@@ -1,0 +1,130 @@
+"""Throughput of xclimax's training pipeline vs xbatcher + torch DataLoader vs the model itself.
+
+Builds a WeatherBench-2-shaped 5.625 deg zarr store (48 ClimaX channels, 32 x 64, 6-hourly,
+time chunks of 16), then times, with batch size 16:
+
+1. xbatcher ``BatchGenerator`` + ``xbatcher.loaders.torch.MapDataset`` + ``DataLoader(num_workers=0)``
+   over (t, t + 6 h) pairs of the same canonical array (one dask compute per batch);
+2. ``xclimax.batching.BatchLoader`` (random leads 6-168 h, block shuffle, normalisation, prefetch);
+3. one training step of the default ``pretrain`` model (forward, backward, AdamW) on that data.
+
+Run: ``python benchmarks/bench_pipeline.py [--times 512] [--batches 30] [--device cpu]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+
+import numpy as np
+import torch
+import xarray as xr
+
+
+def build_store(path: str, nt: int) -> None:
+    from xclimax.testing import synthetic_dataset
+
+    ds = synthetic_dataset(nt, grid=(32, 64))
+    ds.chunk({"time": 16}).to_zarr(path, mode="w")
+
+
+def canonical(path: str) -> xr.DataArray:
+    from xclimax import grid, tokens
+    from xclimax.vocab import CLIMAX_VARIABLES
+
+    ds, _ = grid.normalize_grid(xr.open_zarr(path))
+    return tokens.to_array(ds, list(CLIMAX_VARIABLES))
+
+
+def bench_xbatcher(da: xr.DataArray, n_batches: int, batch: int = 16) -> float:
+    import xbatcher
+    from xbatcher.loaders.torch import MapDataset
+
+    x = da.isel(time=slice(0, -1)).drop_vars("time").rename("x")
+    y = da.isel(time=slice(1, None)).drop_vars("time").rename("y")
+    dims = {"time": batch, "variable": da.sizes["variable"], "lat": da.sizes["lat"], "lon": da.sizes["lon"]}
+    loader = torch.utils.data.DataLoader(
+        MapDataset(xbatcher.BatchGenerator(x, dims), xbatcher.BatchGenerator(y, dims)),
+        batch_size=None, shuffle=True, num_workers=0,
+    )
+    it = iter(loader)
+    next(it)  # warm-up
+    t0, n = time.perf_counter(), 0
+    for _ in range(n_batches):
+        xb, yb = next(it)
+        n += xb.shape[0]
+    return n / (time.perf_counter() - t0)
+
+
+def bench_xclimax(da: xr.DataArray, n_batches: int, batch: int = 16) -> float:
+    from xclimax.batching import BatchLoader
+
+    stats = {str(v): (0.0, 1.0) for v in da["variable"].values}
+    loader = BatchLoader(da, stats, lead_times=("6h", "168h"), batch_size=batch, seed=0)
+    n, t0, epoch = 0, time.perf_counter(), 0
+    while n < n_batches * batch:
+        for b in loader.epoch(epoch):
+            n += b.x.shape[0]
+            if n >= n_batches * batch:
+                break
+        epoch += 1
+    return n / (time.perf_counter() - t0)
+
+
+def bench_model(n_vars: int, device: str, steps: int, batch: int = 16) -> float:
+    from xclimax.model import ClimaX
+    from xclimax.train import DEFAULT_MODEL, configure_optimizer
+    from xclimax.vocab import CLIMAX_VARIABLES
+
+    model = ClimaX(CLIMAX_VARIABLES[:n_vars], img_size=(32, 64), patch_size=2, **DEFAULT_MODEL).to(device).train()
+    opt = configure_optimizer(model)
+    x = torch.randn(batch, n_vars, 32, 64, device=device)
+    lead = torch.full((batch,), 24.0, device=device)
+    ctx = torch.autocast("cuda", dtype=torch.bfloat16) if device.startswith("cuda") else torch.autocast("cpu", enabled=False)
+
+    def step():
+        with ctx:
+            loss = model(x, lead, model.variables).float().pow(2).mean()
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    step()
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        step()
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+    return steps * batch / (time.perf_counter() - t0)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--times", type=int, default=512, help="time steps in the store")
+    parser.add_argument("--batches", type=int, default=30, help="batches timed per loader")
+    parser.add_argument("--xbatcher-batches", type=int, default=8)
+    parser.add_argument("--model-steps", type=int, default=3)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--store", default=None, help="zarr path (default: a temporary directory)")
+    args = parser.parse_args()
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = args.store or f"{tmp}/wb2_5.625deg.zarr"
+        t0 = time.perf_counter()
+        build_store(path, args.times)
+        da = canonical(path)
+        print(f"store: {dict(da.sizes)} float32, time chunks of 16, built in {time.perf_counter() - t0:.1f} s")
+        xb = bench_xbatcher(da, args.xbatcher_batches)
+        print(f"xbatcher + DataLoader(num_workers=0): {xb:8.1f} samples/s")
+        ours = bench_xclimax(da, args.batches)
+        print(f"xclimax BatchLoader:                  {ours:8.1f} samples/s  ({ours / xb:.1f}x xbatcher)")
+        model = bench_model(da.sizes["variable"], args.device, args.model_steps)
+        print(f"model training ({args.device}, default pretrain config): {model:8.1f} samples/s")
+        print(f"pipeline / model training: {ours / model:.1f}x")
+
+
+if __name__ == "__main__":
+    main()
