@@ -4,8 +4,11 @@ Builds a WeatherBench-2-shaped 5.625 deg zarr store (48 ClimaX channels, 32 x 64
 time chunks of 16), then times, with batch size 16:
 
 1. xbatcher ``BatchGenerator`` + ``xbatcher.loaders.torch.MapDataset`` + ``DataLoader(num_workers=0)``
-   over (t, t + 6 h) pairs of the same canonical array (one dask compute per batch);
-2. ``xclimax.batching.BatchLoader`` (random leads 6-168 h, block shuffle, normalisation, prefetch);
+   (and ``num_workers=2``) over (t, t + 6 h) pairs of the canonical array ``tokens.to_array(open_zarr(...))``
+   (one dask compute per batch);
+2. ``xclimax.batching.BatchLoader`` (random leads 6-168 h, block shuffle, normalisation, prefetch) on
+   (a) the same canonical DataArray (what ``xclimax.train`` passes today), (b) the Dataset from
+   ``xr.open_zarr`` (dask) and (c) the Dataset from ``xr.open_zarr(..., chunks=None)`` (no dask);
 3. one training step of the default ``pretrain`` model (forward, backward, AdamW) on that data.
 
 Run: ``python benchmarks/bench_pipeline.py [--times 512] [--batches 30] [--device cpu]``.
@@ -16,8 +19,8 @@ from __future__ import annotations
 import argparse
 import tempfile
 import time
+import warnings
 
-import numpy as np
 import torch
 import xarray as xr
 
@@ -37,7 +40,7 @@ def canonical(path: str) -> xr.DataArray:
     return tokens.to_array(ds, list(CLIMAX_VARIABLES))
 
 
-def bench_xbatcher(da: xr.DataArray, n_batches: int, batch: int = 16) -> float:
+def bench_xbatcher(da: xr.DataArray, n_batches: int, batch: int = 16, workers: int = 0) -> float:
     import xbatcher
     from xbatcher.loaders.torch import MapDataset
 
@@ -46,7 +49,7 @@ def bench_xbatcher(da: xr.DataArray, n_batches: int, batch: int = 16) -> float:
     dims = {"time": batch, "variable": da.sizes["variable"], "lat": da.sizes["lat"], "lon": da.sizes["lon"]}
     loader = torch.utils.data.DataLoader(
         MapDataset(xbatcher.BatchGenerator(x, dims), xbatcher.BatchGenerator(y, dims)),
-        batch_size=None, shuffle=True, num_workers=0,
+        batch_size=None, shuffle=True, num_workers=workers, timeout=60 if workers else 0,
     )
     it = iter(loader)
     next(it)  # warm-up
@@ -57,11 +60,12 @@ def bench_xbatcher(da: xr.DataArray, n_batches: int, batch: int = 16) -> float:
     return n / (time.perf_counter() - t0)
 
 
-def bench_xclimax(da: xr.DataArray, n_batches: int, batch: int = 16) -> float:
+def bench_xclimax(data: xr.DataArray | xr.Dataset, n_batches: int, batch: int = 16, **kwargs) -> float:
     from xclimax.batching import BatchLoader
+    from xclimax.vocab import CLIMAX_VARIABLES
 
-    stats = {str(v): (0.0, 1.0) for v in da["variable"].values}
-    loader = BatchLoader(da, stats, lead_times=("6h", "168h"), batch_size=batch, seed=0)
+    stats = {v: (0.0, 1.0) for v in CLIMAX_VARIABLES}
+    loader = BatchLoader(data, stats, lead_times=("6h", "168h"), batch_size=batch, seed=0, **kwargs)
     n, t0, epoch = 0, time.perf_counter(), 0
     while n < n_batches * batch:
         for b in loader.epoch(epoch):
@@ -110,6 +114,7 @@ def main() -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--store", default=None, help="zarr path (default: a temporary directory)")
     args = parser.parse_args()
+    warnings.filterwarnings("ignore", message="Consolidated metadata")
 
     with tempfile.TemporaryDirectory() as tmp:
         path = args.store or f"{tmp}/wb2_5.625deg.zarr"
@@ -118,12 +123,23 @@ def main() -> None:
         da = canonical(path)
         print(f"store: {dict(da.sizes)} float32, time chunks of 16, built in {time.perf_counter() - t0:.1f} s")
         xb = bench_xbatcher(da, args.xbatcher_batches)
-        print(f"xbatcher + DataLoader(num_workers=0): {xb:8.1f} samples/s")
-        ours = bench_xclimax(da, args.batches)
-        print(f"xclimax BatchLoader:                  {ours:8.1f} samples/s  ({ours / xb:.1f}x xbatcher)")
+        print(f"xbatcher + DataLoader(num_workers=0):            {xb:8.1f} samples/s")
+        try:
+            xb2 = bench_xbatcher(da, args.xbatcher_batches, workers=2)
+            print(f"xbatcher + DataLoader(num_workers=2):            {xb2:8.1f} samples/s")
+        except Exception as err:  # e.g. a worker hangs (DataLoader timeout) or dies
+            print(f"xbatcher + DataLoader(num_workers=2): failed ({type(err).__name__}: {err})")
+        results = {
+            "BatchLoader(canonical DataArray)": bench_xclimax(da, args.batches),
+            "BatchLoader(open_zarr Dataset, dask)": bench_xclimax(xr.open_zarr(path), args.batches),
+            "BatchLoader(open_zarr Dataset, chunks=None)": bench_xclimax(xr.open_zarr(path, chunks=None), args.batches),
+        }
+        for name, ours in results.items():
+            print(f"{name + ':':48s} {ours:8.1f} samples/s  ({ours / xb:.1f}x xbatcher)")
         model = bench_model(da.sizes["variable"], args.device, args.model_steps)
-        print(f"model training ({args.device}, default pretrain config): {model:8.1f} samples/s")
-        print(f"pipeline / model training: {ours / model:.1f}x")
+        print(f"model training ({args.device}, default pretrain config): {model:8.2f} samples/s")
+        for name, ours in results.items():
+            print(f"{name} / model training: {ours / model:.0f}x")
 
 
 if __name__ == "__main__":

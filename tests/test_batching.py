@@ -167,3 +167,106 @@ def test_dataset_backends_give_identical_batches(backend):
     assert [b.time.tolist() for b in ref] == [b.time.tolist() for b in got]
     for r, g in zip(ref, got):
         assert np.array_equal(r.y.numpy(), g.y.numpy())
+
+
+# ----------------------------------------------------------------------------- Dataset sources, cache
+
+
+def _reference(ds, names, stats, member=None):
+    """Normalised canonical values the slow way: tokens.to_array, then normalize.normalize."""
+    from xclimax import normalize, tokens
+
+    da = tokens.to_array(ds, names)
+    if member is not None:
+        da = da.isel(member=member)
+    st = xr.Dataset({"mean": ("variable", [stats[n][0] for n in names]), "std": ("variable", [stats[n][1] for n in names])},
+                    coords={"variable": names})
+    return normalize.normalize(da, st).transpose("time", "variable", "lat", "lon").values
+
+
+def _check_batches(loader, ref, series_ref=None):
+    n = 0
+    for b, planned in zip(loader.epoch(0), loader.plan(0)):
+        for k, (unit, i, j, _) in enumerate(planned):
+            r = ref if series_ref is None else series_ref[loader._units[unit][1]]
+            np.testing.assert_allclose(b.x[k].numpy(), r[i][loader.sources[0].in_ids], rtol=2e-6, atol=2e-6)
+            np.testing.assert_allclose(b.y[k].numpy(), r[j][loader.sources[0].out_ids], rtol=2e-6, atol=2e-6)
+            n += 1
+    return n
+
+
+@pytest.mark.parametrize("style", ["era5", "cmip"])
+def test_dataset_source_equals_to_array_then_normalize(backend, style):
+    from xclimax.testing import synthetic_dataset
+
+    levels = (50, 500, 850)
+    ds = synthetic_dataset(12, grid=(4, 8), levels=levels, style=style, seed=2)
+    ds = ds.isel(lat=slice(None, None, -1))  # descending latitudes: the grid is normalised
+    if backend == "dask":
+        ds = ds.chunk({"time": 5})
+    names = ["2m_temperature", "geopotential_500", "temperature_850", "specific_humidity_50", "lattitude"]
+    if style == "era5":
+        names += ["land_sea_mask", "orography"]  # constants, orography converted from surface geopotential
+    else:
+        names += ["geopotential_850"]  # zg in m on plev in Pa -> m2 s-2
+    rng = np.random.default_rng(0)
+    stats = {n: (float(rng.normal()), float(rng.uniform(0.5, 2))) for n in names}
+    original = ds.copy(deep=True)
+    loader = BatchLoader(ds, stats, lead_times=("6h", "18h"), inputs=names, outputs=names[1:4], batch_size=3, seed=4)
+    assert loader.sources[0].chunks == ((5, 5, 2) if backend == "dask" else (12,))
+    assert _check_batches(loader, _reference(ds, names, stats)) == 11
+    xr.testing.assert_identical(ds, original)  # input untouched
+
+
+def test_dataset_source_with_member_dimension_and_lazy_files(tmp_path):
+    from xclimax.testing import synthetic_dataset
+
+    names = ["2m_temperature", "temperature_850", "lattitude", "orography"]
+    ds = xr.concat([synthetic_dataset(10, grid=(4, 8), levels=(850,), seed=s, variables=["2m_temperature", "temperature"],
+                                      constants=False) for s in (0, 1)], dim="member", data_vars="all")
+    ds["geopotential_at_surface"] = synthetic_dataset(1, grid=(4, 8))["geopotential_at_surface"]
+    stats = {n: (1.0, 2.0) for n in names}
+    loader = BatchLoader(ds, stats, lead_times=("6h", "12h"), inputs=names, outputs=names, batch_size=4, seed=1)
+    assert loader.sources[0].series_shape == (2,)
+    refs = [_reference(ds, names, stats, member=m) for m in range(2)]
+    assert _check_batches(loader, None, refs) == 2 * 9
+    path = tmp_path / "ds.zarr"
+    synthetic_dataset(20, grid=(4, 8), levels=(850,)).chunk({"time": 8}).to_zarr(path)
+    lazy = xr.open_zarr(path, chunks=None)  # no dask: reads follow the chunks on disk
+    loader = BatchLoader(lazy, stats, lead_times="6h", inputs=names, outputs=names, batch_size=4, prefetch=0)
+    assert loader.sources[0].chunks == (8, 8, 4)
+    ref = _reference(xr.open_zarr(path), names, stats)
+    with raise_if_dask_computes():
+        assert _check_batches(loader, ref) == 19
+
+
+def test_small_cache_rereads_chunks_and_stays_correct(backend):
+    da = _canonical(nt=60)
+    if backend == "dask":
+        da = da.chunk({"time": 4})
+    step = da.isel(time=0).nbytes
+    reads = []
+    loader = BatchLoader(da, STATS, lead_times=("6h", "30h"), batch_size=4, seed=2, cache_bytes=6 * 4 * step)
+    original = loader._read
+    loader._read = lambda s, r, cs: reads.append(len(cs)) or original(s, r, cs)
+    mean = np.array([v[0] for v in STATS.values()], np.float32)[:, None, None]
+    std = np.array([v[1] for v in STATS.values()], np.float32)[:, None, None]
+    assert _check_batches(loader, (da.values - mean) / std) == 59
+    if backend == "dask":  # 15 chunks: each read at least once, some again after being dropped
+        assert sum(reads) > 15
+        big = BatchLoader(da, STATS, lead_times=("6h", "30h"), batch_size=4, seed=2)
+        reads.clear()
+        original = big._read
+        big._read = lambda s, r, cs: reads.append(len(cs)) or original(s, r, cs)
+        list(big.epoch(0))
+        assert sum(reads) == 15  # a big enough cache decodes every chunk once per epoch
+
+
+def test_closing_an_epoch_early_stops_the_threads():
+    import threading
+
+    loader = BatchLoader(_canonical(nt=60).chunk({"time": 4}), STATS, lead_times="6h", batch_size=4, block_size=4)
+    it = loader.epoch(0)
+    next(it)
+    it.close()
+    assert not [t for t in threading.enumerate() if t.name.startswith(("xclimax-prefetch", "xclimax-read"))]

@@ -12,11 +12,16 @@ The work is split in two layers, as in xbatcher's ``BatchSchema``/``BatchGenerat
    recently opened blocks (bounded memory, no 10,000-sample shuffle buffer). The plan of an
    epoch (which samples go into which batch) is computed from the seed alone, before any
    data are read, so a run can resume at any batch. Each block is then read with **one**
-   dask compute, normalised once, kept while the plan still needs it and dropped afterwards.
-   Batches are assembled in a background thread and optionally pinned for CUDA.
+   compute over a task graph built once, by whole time chunks; each chunk is normalised once
+   and cached while the plan still needs it (so the chunks holding a block's targets are not
+   decoded again for the next block), within a memory budget. A helper thread reads the next
+   block while batches are assembled in a background thread (optionally pinned for CUDA).
 
-The loader works on the canonical layout: DataArrays with dims
-``(*batch_dims, "time", "variable", "lat", "lon")`` (see ``docs/design.md``).
+Sources are canonical DataArrays ``(*batch_dims, "time", "variable", "lat", "lon")`` (see
+``docs/design.md``) or CF Datasets: for a Dataset the loader reads the *source* variables
+(a few tasks per source variable, or plain file reads for ``open_zarr(..., chunks=None)``)
+and selects levels, converts units and stacks in numpy, giving the values of
+``tokens.to_array`` at a fraction of the cost.
 """
 
 from __future__ import annotations
@@ -228,38 +233,223 @@ class Batch:
 @dataclass
 class _Source:
     name: str
-    array: xr.DataArray  # (series, time, variable, lat, lon)
+    reader: Any  # _ArrayReader or _DatasetReader
     times: np.ndarray
     inputs: tuple[str, ...]
     outputs: tuple[str, ...]
-    index: list[SampleIndex]  # one per series
+    index: list[SampleIndex]  # one per series (flattened position on the batch dims)
     chunks: tuple[int, ...]  # time chunk sizes
-    mean: np.ndarray  # [V, 1, 1] over the variables of ``array``
+    mean: np.ndarray  # [V, 1, 1] over the variables of ``reader.names``
     std: np.ndarray
-    in_ids: np.ndarray  # positions of ``inputs`` / ``outputs`` in ``array.variable``
+    in_ids: np.ndarray  # positions of ``inputs`` / ``outputs`` in ``reader.names``
     out_ids: np.ndarray
 
+    def __post_init__(self) -> None:
+        self.bounds = np.concatenate([[0], np.cumsum(self.chunks)]).astype(np.int64)
+        self.chunk_of = np.repeat(np.arange(len(self.chunks)), self.chunks)  # time position -> chunk
+        self.series_shape = tuple(self.reader.series_shape)
 
-def _as_series(da: xr.DataArray) -> xr.DataArray:
+
+def _canonical_order(da: xr.DataArray) -> xr.DataArray:
     missing = [d for d in _CORE_DIMS if d not in da.dims]
     if missing:
         raise DataError(f"expected a DataArray with dims (*batch, time, variable, lat, lon); missing {missing} in {da.dims}")
-    extra = [d for d in da.dims if d not in _CORE_DIMS]
-    if extra:
-        da = da.stack(_series=extra).transpose("_series", *_CORE_DIMS).drop_vars(["_series", *extra], errors="ignore")
-    else:
-        da = da.transpose(*_CORE_DIMS).expand_dims("_series")
-    return da
+    return da.transpose(..., *_CORE_DIMS)
+
+
+#: dask graphs up to this many tasks are materialised once and culled per read; larger ones per read
+_FULL_GRAPH_TASKS = 200_000
+
+
+def _scheduler(default: Any) -> Any:
+    """A configured dask scheduler or client, else ``default`` (reads run in a loader thread)."""
+    import dask
+
+    return dask.base.get_scheduler() or default
+
+
+def _runs(chunks: Sequence[int]) -> list[list[int]]:
+    """Consecutive chunk numbers grouped: [1, 2, 5] -> [[1, 2], [5]]."""
+    out: list[list[int]] = []
+    for c in sorted(chunks):
+        if out and c == out[-1][-1] + 1:
+            out[-1].append(c)
+        else:
+            out.append([c])
+    return out
+
+
+class _ArrayReader:
+    """Blocks of a canonical DataArray ``(*batch, time, variable, lat, lon)``.
+
+    Numpy-backed (or lazily indexed) arrays are sliced; for dask-backed ones the task graph is
+    built once and the tasks of the wanted chunks are run directly (no per-read graph construction).
+    """
+
+    def __init__(self, da: xr.DataArray) -> None:
+        self.array = da
+        self.names = tuple(str(v) for v in da["variable"].values)
+        self.times = np.asarray(da["time"].values, dtype="datetime64[ns]")
+        self.batch_dims = tuple(da.dims[:-4])
+        self.series_shape = tuple(da.shape[:-4])
+        self.chunks = tuple(int(c) for c in da.chunks[-4]) if da.chunks else (self.times.size,)
+        self.shape = tuple(da.shape[-2:])
+        self.step_bytes = da.dtype.itemsize * int(np.prod(da.shape[-3:]))
+        self._graph: dict | None = None
+
+    def read(self, pos: tuple[int, ...], spans: Sequence[tuple[int, int]],
+             chunks: Sequence[Sequence[int]]) -> list[tuple[np.ndarray, bool]]:
+        """Raw ``[steps, V, lat, lon]`` arrays of the time spans (made of whole chunks), in one compute.
+
+        Each comes with a flag: True if it is a new array that may be overwritten.
+        """
+        if self.array.chunks is None:
+            sel = dict(zip(self.batch_dims, pos))
+            return [(self.array.isel({**sel, "time": slice(lo, hi)}).values, False) for lo, hi in spans]
+        import dask.core
+        from dask.optimization import cull
+
+        arr = self.array.data
+        where = []  # (chunk number, offset) along each batch dim
+        for p, ch in zip(pos, arr.chunks[: len(pos)]):
+            edges = np.cumsum((0,) + ch)
+            i = int(np.searchsorted(edges, p, side="right") - 1)
+            where.append((i, p - int(edges[i])))
+        head = (arr.name, *(w[0] for w in where))
+        nv, ny, nx = (len(c) for c in arr.chunks[-3:])
+        grids = [
+            [[[[(*head, c, v, y, x) for x in range(nx)] for y in range(ny)] for v in range(nv)] for c in run]
+            for run in chunks
+        ]
+        keys = [k for g in grids for blk in g for plane in blk for row in plane for k in row]
+        if self._graph is None:
+            hlg = arr.__dask_graph__()
+            n_tasks = sum(len(layer) for layer in hlg.layers.values()) if hasattr(hlg, "layers") else len(hlg)
+            if n_tasks <= _FULL_GRAPH_TASKS:
+                self._graph = dict(hlg)
+        dsk = cull(self._graph, keys)[0] if self._graph is not None else dict(arr.__dask_graph__().cull(set(keys)))
+        values = dict(zip(keys, _scheduler(dask.core.get)(dsk, keys)))  # no per-task scheduling cost
+        offset = tuple(w[1] for w in where)
+        out = []
+        for g in grids:
+            blocks = [[[[values[k] for k in row] for row in plane] for plane in blk] for blk in g]
+            parts = [b[0][0][0] if nv * ny * nx == 1 else np.block(b) for b in blocks]
+            # a single task result may be a view of the user's data: never written to
+            single = len(parts) == 1 and nv * ny * nx == 1
+            out.append(((parts[0] if len(parts) == 1 else np.concatenate(parts, axis=len(pos)))[offset], not single))
+        return out
+
+
+class _DatasetReader:
+    """Blocks of the canonical array of a CF Dataset, read from its source variables.
+
+    The read plan (which source variable, level and unit conversion gives each ClimaX variable)
+    is made once with :func:`xclimax.tokens.find_variables`. A read loads the time range of every
+    source variable in one compute (a few tasks per source variable instead of several per
+    ClimaX variable), then selects levels, converts units and stacks in numpy, one array
+    operation per source variable. The values equal ``tokens.to_array(ds, names)``.
+    """
+
+    def __init__(self, ds: xr.Dataset, names: Sequence[str] | None) -> None:
+        from . import tokens
+        from .grid import normalize_grid
+
+        norm, _ = normalize_grid(ds)
+        if "time" not in norm.dims:
+            t = [d for d in norm.cf.axes.get("T", []) if d in norm.dims] if hasattr(norm, "cf") else []
+            if not t:
+                raise DataError(f"expected a 'time' dimension (or one with axis='T'); found dims {dict(norm.sizes)}")
+            norm = norm.rename({t[0]: "time"})
+        found = tokens.find_variables(norm, names, strict=names is not None)
+        if not found:
+            raise DataError(f"no ClimaX variable found in the Dataset (data variables: {list(ds.data_vars)})")
+        self.names = tuple(found)
+        self.times = np.asarray(norm["time"].values, dtype="datetime64[ns]")
+        self.shape = (norm.sizes["lat"], norm.sizes["lon"])
+        self.step_bytes = 4 * len(self.names) * int(np.prod(self.shape))
+        self.lat = np.asarray(norm["lat"].values, dtype=np.float32)
+        # groups of ClimaX variables taken from one source variable the same way: vectorised reads
+        groups: dict[tuple, list[tuple[int, int | None]]] = {}
+        batch: list[str] = []
+        for p, vs in enumerate(found.values()):
+            if vs.source is None:
+                continue  # lattitude
+            sel_dims = tuple(vs.selection)
+            level_dim = sel_dims[0] if len(sel_dims) == 1 else None
+            key = (vs.source, level_dim, vs.drop_dims, vs.kind, vs.scale, vs.offset,
+                   None if level_dim else tuple(vs.selection.items()))
+            groups.setdefault(key, []).append((p, vs.selection[level_dim] if level_dim else None))
+            skip = {"time", "lat", "lon", *sel_dims, *vs.drop_dims}
+            batch += [d for d in norm[vs.source].dims if d not in skip and d not in batch]
+        self.groups = groups
+        self.lattitude = [p for p, vs in enumerate(found.values()) if vs.source is None]
+        self.batch_dims = tuple(batch)
+        self.series_shape = tuple(norm.sizes[d] for d in batch)
+        self.ds = norm[list(dict.fromkeys(k[0] for k in groups))]
+        if any(v.chunks for v in self.ds.data_vars.values()):
+            chunks = tuple(norm.chunksizes.get("time", (self.times.size,)))
+        else:  # numpy, or lazily opened files (chunks=None): read by the chunks on disk, without dask
+            on_disk = [v.encoding.get("preferred_chunks", {}).get("time") for v in self.ds.data_vars.values()
+                       if "time" in v.dims]
+            step = max([c for c in on_disk if c] or [self.times.size])
+            chunks = (step,) * (self.times.size // step) + ((self.times.size % step,) if self.times.size % step else ())
+        self.chunks = tuple(int(c) for c in chunks)
+
+    def read(self, pos: tuple[int, ...], spans: Sequence[tuple[int, int]],
+             chunks: Sequence[Sequence[int]]) -> list[tuple[np.ndarray, bool]]:
+        """Canonical float32 ``[steps, V, lat, lon]`` arrays of the time spans (new arrays), in one compute."""
+        import dask
+
+        at = dict(zip(self.batch_dims, pos))
+        lazy = []
+        for lo, hi in spans:
+            for da in self.ds.data_vars.values():
+                sel = {d: i for d, i in at.items() if d in da.dims}
+                if "time" in da.dims:
+                    sel["time"] = slice(lo, hi)
+                lazy.append(da.isel(sel).variable)
+        data = dask.compute(*[v.data for v in lazy], scheduler=_scheduler("sync"))
+        loaded = iter(xr.DataArray(v.copy(data=d)) for v, d in zip(lazy, data))
+        out = []
+        for lo, hi in spans:
+            src = {name: next(loaded) for name in self.ds.data_vars}
+            block = np.empty((hi - lo, len(self.names), *self.shape), np.float32)
+            for (var, level_dim, drop, kind, scale, offset, sel), items in self.groups.items():
+                x = src[var]
+                x = x.isel({d: 0 for d in drop if d in x.dims})
+                if kind == "constant" and "time" in x.dims:
+                    x = x.isel(time=0)
+                if level_dim is not None:
+                    x = x.isel({level_dim: [i for _, i in items]})
+                else:
+                    x = x.isel(dict(sel)).expand_dims("_token")
+                    level_dim = "_token"
+                x = x.transpose(*(["time"] if "time" in x.dims else []), level_dim, "lat", "lon").values
+                if scale != 1.0 or offset != 0.0:
+                    x = x * scale + offset
+                block[:, [p for p, _ in items]] = x.astype(np.float32, copy=False)
+            block[:, self.lattitude] = self.lat[:, None]
+            out.append((block, True))
+        return out
 
 
 class BatchLoader:
     """Shuffled, prefetched training batches from one or several canonical DataArrays.
 
+    Data are read by whole time chunks: each chunk is computed once (one dask ``get`` per block
+    of the plan over a pre-built task graph, no per-item graph construction), normalised once
+    and cached while the plan still needs it, so the chunk holding a block's targets is not
+    decoded again for the next block. The plan is known in advance, so the cache keeps what
+    is needed soonest when it is full, and a helper thread reads the next block while the
+    current one is served.
+
     Parameters
     ----------
-    sources : DataArray or mapping of name -> DataArray
-        Canonical arrays ``(*batch, time, variable, lat, lon)`` (numpy- or dask-backed), all on the
-        same grid. Each batch comes from one source; sources may have different variables.
+    sources : DataArray, Dataset or mapping of name -> DataArray or Dataset
+        Canonical arrays ``(*batch, time, variable, lat, lon)`` (numpy- or dask-backed), or CF
+        Datasets (read like ``tokens.to_array(ds, inputs + outputs)``, default: every ClimaX
+        variable found), all on the same grid. Each batch comes from one source; sources may
+        have different variables.
     stats : mapping
         ``{variable: (mean, std)}`` used to normalise on the fly (a mapping of such mappings,
         keyed like ``sources``, gives per-source statistics).
@@ -277,14 +467,18 @@ class BatchLoader:
         Seed of the epoch plans; epoch ``e`` uses ``numpy.random.default_rng([seed, e])``.
     block_size : int, optional
         Input time steps per block; rounded to whole time chunks. Default: the smallest
-        number of whole chunks covering twice the longest lead (so a block's targets cost
-        at most ~50 % extra reading), within a ~512 MB budget.
+        number of whole chunks covering twice the longest lead, within a ~512 MB budget.
     buffer_size : int, optional
         Samples in the shuffle pool (default: one block, at least ``2 * batch_size``).
     prefetch : int
-        Batches prepared ahead by the background thread (0: no thread).
+        Batches prepared ahead by the background thread, which also reads the next block
+        in a helper thread (0: no threads).
     pin_memory : bool
         Pin batch tensors (for fast asynchronous copies to CUDA).
+    cache_bytes : float
+        Memory for decoded, normalised time chunks (float32). When full, the chunks whose next
+        use in the plan is farthest are dropped (and read again when needed); the chunks of
+        the batch being assembled are always kept.
 
     Examples
     --------
@@ -301,7 +495,7 @@ class BatchLoader:
 
     def __init__(
         self,
-        sources: xr.DataArray | Mapping[str, xr.DataArray],
+        sources: xr.DataArray | xr.Dataset | Mapping[str, xr.DataArray | xr.Dataset],
         stats: Mapping[str, Any],
         *,
         lead_times: Any,
@@ -315,44 +509,54 @@ class BatchLoader:
         buffer_size: int | None = None,
         prefetch: int = 2,
         pin_memory: bool = False,
+        cache_bytes: float = 1e9,
     ) -> None:
-        if isinstance(sources, xr.DataArray):
+        if isinstance(sources, (xr.DataArray, xr.Dataset)):
             sources = {"data": sources}
         if batch_size < 1:
             raise DataError(f"batch_size must be >= 1; got {batch_size}")
         self.batch_size = int(batch_size)
         self.shuffle, self.seed, self.prefetch, self.pin_memory = shuffle, int(seed), int(prefetch), pin_memory
+        self.cache_bytes = float(cache_bytes)
         self.sources: list[_Source] = []
         max_lead_steps = 1
-        for name, da in sources.items():
-            da = _as_series(da)
-            times = np.asarray(da["time"].values, dtype="datetime64[ns]")
-            names = tuple(str(v) for v in da["variable"].values)
+        for name, obj in sources.items():
+            if isinstance(obj, xr.Dataset):
+                wanted = None if inputs is None or outputs is None else list(dict.fromkeys([*inputs, *outputs]))
+                reader: Any = _DatasetReader(obj, wanted)
+                names = reader.names
+            elif isinstance(obj, xr.DataArray):
+                da = _canonical_order(obj)
+                names = tuple(str(v) for v in da["variable"].values)
+            else:
+                raise DataError(f"source {name!r}: expected an xarray.DataArray or Dataset; got {type(obj).__name__}")
             ins = names if inputs is None else tuple(v for v in inputs if v in names)
             outs = names if outputs is None else tuple(v for v in outputs if v in names)
             if not ins or not outs:
                 raise DataError(f"source {name!r} has variables {list(names)}: no inputs or no outputs among them")
-            m = None if mask is None else mask.get(name)
-            idx = sample_index(times, lead_times, mask=m)
+            used = tuple(dict.fromkeys(ins + outs))
+            if isinstance(obj, xr.DataArray):
+                # a selection adds a task per chunk: only when needed
+                reader = _ArrayReader(da if used == names else da.sel(variable=list(used)))
             st = stats[name] if isinstance(stats.get(name), Mapping) else stats
-            missing = [v for v in ins + outs if v not in st]
+            missing = [v for v in reader.names if v not in st]
             if missing:
                 raise DataError(f"no normalisation statistics for {missing} (source {name!r})")
-            used = tuple(dict.fromkeys(ins + outs))
-            da = da.sel(variable=list(used))
-            self._check_stats(st, used)
-            chunks = da.chunks[1] if da.chunks else (times.size,)
+            self._check_stats(st, reader.names)
+            m = None if mask is None else mask.get(name)
+            idx = sample_index(reader.times, lead_times, mask=m)
+            n_series = int(np.prod(reader.series_shape, dtype=np.int64))
             src = _Source(
-                name, da, times, ins, outs, [idx] * da.sizes["_series"], tuple(chunks),
-                mean=np.array([st[v][0] for v in used], np.float32)[:, None, None],
-                std=np.array([st[v][1] for v in used], np.float32)[:, None, None],
-                in_ids=np.array([used.index(v) for v in ins]),
-                out_ids=np.array([used.index(v) for v in outs]),
+                name, reader, reader.times, ins, outs, [idx] * n_series, reader.chunks,
+                mean=np.array([st[v][0] for v in reader.names], np.float32)[:, None, None],
+                std=np.array([st[v][1] for v in reader.names], np.float32)[:, None, None],
+                in_ids=np.array([reader.names.index(v) for v in ins]),
+                out_ids=np.array([reader.names.index(v) for v in outs]),
             )
             if len(idx):
                 max_lead_steps = max(max_lead_steps, int((idx.target - idx.input).max()))
             self.sources.append(src)
-        if not any(len(s.index[0]) for s in self.sources):
+        if not any(len(s.index[0]) for s in self.sources if s.index):
             raise DataError(f"no (input, target) pair with lead {lead_times!r} fits in the selected time range")
         self._units = self._make_units(block_size, max_lead_steps)
         per_unit = [u[4] for u in self._units]
@@ -369,10 +573,10 @@ class BatchLoader:
         """Blocks of input times: (source no., series, start, stop, n inputs), chunk-aligned."""
         units = []
         for s_no, src in enumerate(self.sources):
-            bounds = np.concatenate([[0], np.cumsum(src.chunks)])
+            bounds = src.bounds
             chunk = int(np.max(src.chunks))
             if block_size is None:
-                step_bytes = src.array.dtype.itemsize * np.prod(src.array.shape[2:])
+                step_bytes = src.reader.step_bytes
                 budget = max(1, int(512e6 // (2 * step_bytes)))
                 want = min(max(chunk, 2 * max_lead_steps), budget)
                 n_chunks = max(1, -(-want // chunk))
@@ -432,42 +636,121 @@ class BatchLoader:
 
     # -- reading ----------------------------------------------------------------------------
 
-    def _read_unit(self, unit: int, stop: int) -> np.ndarray:
-        s_no, series, a, _, _ = self._units[unit]
+    def _read(self, s_no: int, series: int, chunks: Sequence[int]) -> dict[int, np.ndarray]:
+        """Normalised float32 ``[steps, V, lat, lon]`` of time chunks of one series, in one compute."""
         src = self.sources[s_no]
-        block = src.array.isel(_series=series, time=slice(a, stop)).values  # one dask compute
-        block = (block.astype(np.float32, copy=False) - src.mean) / src.std
-        if not np.isfinite(block).all():
-            bad = src.times[a + np.nonzero(~np.isfinite(block).all(axis=(1, 2, 3)))[0][0]]
-            raise DataError(f"non-finite values in source {src.name!r} at time {bad}; fill or drop them before training")
+        pos = tuple(int(p) for p in np.unravel_index(series, src.series_shape)) if src.series_shape else ()
+        runs = _runs(chunks)
+        spans = [(int(src.bounds[r[0]]), int(src.bounds[r[-1] + 1])) for r in runs]
+        out = {}
+        for run, (lo, _), (raw, owned) in zip(runs, spans, src.reader.read(pos, spans, runs)):
+            block = self._normalise(src, raw, lo, owned)
+            out.update({c: block[src.bounds[c] - lo: src.bounds[c + 1] - lo] for c in run})
+        return out
+
+    @staticmethod
+    def _normalise(src: _Source, raw: np.ndarray, t0: int, owned: bool) -> np.ndarray:
+        """``(raw - mean) / std`` in float32 (in place when ``raw`` is a float32 array of our own)."""
+        block = raw if owned and raw.dtype == np.float32 else raw.astype(np.float32)
+        np.subtract(block, src.mean, out=block)
+        np.divide(block, src.std, out=block)
+        if not np.isfinite(block.sum()):  # a cheap test; the full one only if it fails (or overflows)
+            bad = ~np.isfinite(block).all(axis=(1, 2, 3))
+            if bad.any():
+                raise DataError(
+                    f"non-finite values in source {src.name!r} at time {src.times[t0 + np.nonzero(bad)[0][0]]}; "
+                    "fill or drop them before training"
+                )
         return block
 
     def _batches(self, plan: list, start: int) -> Iterator[Batch]:
+        from collections import defaultdict, deque
+        from concurrent.futures import ThreadPoolExecutor
+
         import torch
 
-        last_use: dict[int, int] = {}
-        stop: dict[int, int] = {}
-        for b, batch in enumerate(plan):
-            for u, _, t, _ in batch:
-                last_use[u] = b
-                stop[u] = max(stop.get(u, 0), t + 1)
-        cache: dict[int, np.ndarray] = {}
-        for b in range(start, len(plan)):
-            batch = plan[b]
-            for u in {s[0] for s in batch}:
-                if u not in cache:
-                    cache[u] = self._read_unit(u, stop[u])
-            src = self.sources[self._units[batch[0][0]][0]]
-            x = np.stack([cache[u][i - self._units[u][2]][src.in_ids] for u, i, _, _ in batch])
-            y = np.stack([cache[u][t - self._units[u][2]][src.out_ids] for u, _, t, _ in batch])
-            lead = torch.tensor([s[3] for s in batch], dtype=torch.float32)
-            x, y = torch.from_numpy(x), torch.from_numpy(y)
-            if self.pin_memory:
-                x, y, lead = x.pin_memory(), y.pin_memory(), lead.pin_memory()
-            times = src.times[[i for _, i, _, _ in batch]]
-            for u in [u for u in cache if last_use[u] <= b]:
-                del cache[u]
-            yield Batch(x, y, lead, src.inputs, src.outputs, src.name, times)
+        plan = plan[start:]
+
+        def key(u: int, t: int) -> tuple[int, int, int]:  # (source, series, time chunk) holding step t
+            s_no, series = self._units[u][:2]
+            return s_no, series, int(self.sources[s_no].chunk_of[t])
+
+        needs = [sorted({key(u, t) for u, i, j, _ in batch for t in (i, j)}) for batch in plan]
+        uses: dict[tuple, deque] = defaultdict(deque)  # chunk -> batch numbers needing it
+        unit_keys: dict[int, set] = defaultdict(set)
+        order: list[int] = []  # units by first use
+        for b, (batch, need) in enumerate(zip(plan, needs)):
+            for k in need:
+                uses[k].append(b)
+            for u, i, j, _ in batch:
+                if u not in unit_keys:
+                    order.append(u)
+                unit_keys[u].update((key(u, i), key(u, j)))
+        cache: dict[tuple, np.ndarray] = {}
+        pending: dict[int, Any] = {}
+        opened: set[int] = set()
+        pool = ThreadPoolExecutor(1, thread_name_prefix="xclimax-read") if self.prefetch > 0 else None
+        ahead = 0  # position in ``order`` of the next unit to read ahead
+
+        def missing(ks: Any) -> dict[tuple[int, int], list[int]]:
+            groups: dict[tuple[int, int], list[int]] = defaultdict(list)
+            for s_no, series, c in sorted(k for k in ks if k not in cache and uses[k]):
+                groups[s_no, series].append(c)
+            return groups
+
+        def read(groups: Mapping[tuple[int, int], list[int]]) -> dict[tuple, np.ndarray]:
+            return {(s, r, c): v for (s, r), cs in groups.items() for c, v in self._read(s, r, cs).items()}
+
+        def store(got: Mapping[tuple, np.ndarray]) -> None:
+            cache.update({k: v for k, v in got.items() if uses[k] and k not in cache})
+
+        try:
+            for b, batch in enumerate(plan):
+                for u in dict.fromkeys(s[0] for s in batch):
+                    if u not in opened:  # a new block: all its chunks in one compute
+                        opened.add(u)
+                        store(pending.pop(u).result() if u in pending else read(missing(unit_keys[u])))
+                store(read(missing(needs[b])))  # chunks dropped from a full cache
+                if pool is not None:
+                    while ahead < len(order) and (order[ahead] in opened or order[ahead] in pending):
+                        ahead += 1
+                    if ahead < len(order) and not pending:
+                        u = order[ahead]
+                        pending[u] = pool.submit(read, missing(unit_keys[u]))
+                yield self._assemble(batch, cache, key, torch)
+                for k in needs[b]:
+                    uses[k].popleft()
+                    if not uses[k]:
+                        cache.pop(k, None)
+                size = sum(v.nbytes for v in cache.values())
+                while size > self.cache_bytes and cache:
+                    victim = max(cache, key=lambda k: uses[k][0])
+                    if uses[victim][0] <= b + 1:
+                        break
+                    size -= cache.pop(victim).nbytes
+        finally:
+            if pool is not None:
+                pool.shutdown(wait=True, cancel_futures=True)
+
+    def _assemble(self, batch: list, cache: Mapping[tuple, np.ndarray], key: Any, torch: Any) -> Batch:
+        src = self.sources[self._units[batch[0][0]][0]]
+        shape = src.reader.shape
+        x = torch.empty((len(batch), len(src.in_ids), *shape), dtype=torch.float32, pin_memory=self.pin_memory)
+        y = torch.empty((len(batch), len(src.out_ids), *shape), dtype=torch.float32, pin_memory=self.pin_memory)
+        for out, ids, which in ((x.numpy(), src.in_ids, 1), (y.numpy(), src.out_ids, 2)):
+            every = np.array_equal(ids, np.arange(src.mean.shape[0]))
+            for k, sample in enumerate(batch):
+                u, t = sample[0], sample[which]
+                step = cache[key(u, t)][t - src.bounds[src.chunk_of[t]]]
+                if every:
+                    out[k] = step
+                else:
+                    np.take(step, ids, axis=0, out=out[k])
+        lead = torch.tensor([s[3] for s in batch], dtype=torch.float32)
+        if self.pin_memory:
+            lead = lead.pin_memory()
+        times = src.times[[s[1] for s in batch]]
+        return Batch(x, y, lead, src.inputs, src.outputs, src.name, times)
 
     def epoch(self, epoch: int, start: int = 0) -> Iterator[Batch]:
         """Iterate over the batches of ``epoch``, beginning at batch number ``start`` (for resuming).
@@ -508,6 +791,10 @@ class _Prefetcher:
             self._put(self._DONE)
         except BaseException as err:  # forwarded to the consumer
             self._put(err)
+        finally:
+            close = getattr(self._gen, "close", None)
+            if close is not None:
+                close()  # runs the generator's cleanup (its reader thread) in this thread
 
     def __iter__(self) -> "_Prefetcher":
         return self

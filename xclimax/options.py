@@ -3,11 +3,11 @@
 Examples
 --------
 >>> import xclimax
->>> with xclimax.set_options(progress=False):
-...     xclimax.get_options()["progress"]
-False
->>> xclimax.get_options()["progress"]
-True
+>>> with xclimax.set_options(device="cpu"):
+...     xclimax.get_options()["device"]
+'cpu'
+>>> xclimax.get_options()["device"]
+'auto'
 """
 
 from __future__ import annotations

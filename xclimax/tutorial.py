@@ -26,20 +26,24 @@ from . import atmosphere
 from ._version import __version__
 from .exceptions import DataError
 from .testing import grid_coords
-from .vocab import PRESSURE_LEVELS, PRESSURE_VARIABLES
+from .vocab import PRESSURE_VARIABLES
 
-__all__ = ["DEMO_YEARS", "SPLITS", "VERSION", "cache_dir", "open_dataset", "split", "load_model", "DEMO_MODEL_PATH"]
+__all__ = [
+    "DEMO_YEARS", "DEMO_LEVELS", "SPLITS", "VERSION", "cache_dir", "open_dataset", "split", "load_model", "DEMO_MODEL_PATH",
+]
 
 logger = logging.getLogger(__name__)
 
 #: Version of the demo data generator: bump when :mod:`xclimax.atmosphere` output changes.
-VERSION = 1
+VERSION = 2
 #: The calendar years of the default demo dataset (each an independent realisation).
-DEMO_YEARS: tuple[int, ...] = (2000, 2001, 2002, 2003)
+DEMO_YEARS: tuple[int, ...] = (2000, 2001, 2002)
+#: The pressure levels (hPa) of the demo dataset, a subset of the ClimaX levels.
+DEMO_LEVELS: tuple[int, ...] = (250, 500, 850)
 #: Train / held-out split of the default dataset (time slices, usable with ``ds.sel(time=...)``).
 SPLITS: dict[str, slice] = {
-    "train": slice("2000-01-01", "2002-12-31T18:00"),
-    "test": slice("2003-01-01", "2003-12-31T18:00"),
+    "train": slice("2000-01-01", "2001-12-31T18:00"),
+    "test": slice("2002-01-01", "2002-12-31T18:00"),
 }
 #: The bundled demo model, written by ``scripts/train_demo_model.py``.
 DEMO_MODEL_PATH = Path(__file__).parent / "data" / "demo_model.safetensors"
@@ -133,8 +137,9 @@ def open_dataset(
     name : {"demo"}
         The dataset.
     years : int or sequence of int
-        Number of years from 2000 (default 4: 2000-2003, see :data:`SPLITS`) or a list of calendar
-        years.  A year is the same whatever else is requested.
+        Number of years from 2000 (default 3: 2000-2002, see :data:`SPLITS`) or a list of calendar
+        years, e.g. ``[2002]`` for the held-out year alone.  A year is the same whatever else is
+        requested.
     chunks : dict, optional
         Chunk the result with dask (e.g. ``{"time": 124}``).
     cache : bool
@@ -143,15 +148,16 @@ def open_dataset(
     seed : int
         Seed of the stochastic forcing.
     days : float, optional
-        Keep only the first ``days`` days of each year (quick examples and tests).
+        Keep only the first ``days`` days of each year (quick examples and tests); they equal the
+        first ``days`` days of the full year.
 
     Returns
     -------
     xarray.Dataset
-        ``geopotential``, ``temperature``, ``u_component_of_wind``, ``v_component_of_wind``,
-        ``specific_humidity``, ``relative_humidity`` on ``level`` (50, 250, 500, 600, 700, 850, 925 hPa);
+        ``geopotential``, ``temperature``, ``u_component_of_wind``, ``v_component_of_wind`` and
+        ``specific_humidity`` on ``level`` (:data:`DEMO_LEVELS`: 250, 500, 850 hPa);
         ``2m_temperature``, ``10m_u_component_of_wind``, ``10m_v_component_of_wind``; constants
-        ``land_sea_mask`` and ``geopotential_at_surface``.  float32, CF-annotated.
+        ``land_sea_mask`` and ``geopotential_at_surface``.  float32, CF-annotated (about 215 MB a year).
 
     Raises
     ------
@@ -162,7 +168,7 @@ def open_dataset(
     --------
     >>> ds = open_dataset(years=[2000], days=0.5, cache=False)
     >>> dict(ds.sizes)
-    {'time': 2, 'level': 7, 'lat': 32, 'lon': 64}
+    {'time': 2, 'level': 3, 'lat': 32, 'lon': 64}
     >>> ds["geopotential"].attrs["standard_name"], ds.attrs["synthetic"]
     ('geopotential', 'yes')
     """
@@ -174,11 +180,11 @@ def open_dataset(
     for year in wanted:
         time, state = _year_state(year, seed, days, cache)
         times.append(time)
-        fields.append(atmosphere.derive_fields(time, lat, lon, state, levels=PRESSURE_LEVELS))
+        fields.append(atmosphere.derive_fields(time, lat, lon, state, levels=DEMO_LEVELS))
     time = times[0].append(times[1:]) if len(times) > 1 else times[0]
     coords = {
         "time": ("time", time, {"standard_name": "time", "long_name": "time", "axis": "T"}),
-        "level": ("level", np.asarray(PRESSURE_LEVELS, dtype=np.int64), {
+        "level": ("level", np.asarray(DEMO_LEVELS, dtype=np.int64), {
             "standard_name": "air_pressure", "units": "hPa", "positive": "down", "axis": "Z", "long_name": "pressure level",
         }),
         "lat": ("lat", lat, {"standard_name": "latitude", "units": "degrees_north", "axis": "Y", "long_name": "latitude"}),
