@@ -7,8 +7,8 @@ time chunks of 16), then times, with batch size 16:
    (and ``num_workers=2``) over (t, t + 6 h) pairs of the canonical array ``tokens.to_array(open_zarr(...))``
    (one dask compute per batch);
 2. ``xclimax.batching.BatchLoader`` (random leads 6-168 h, block shuffle, normalisation, prefetch) on
-   (a) the same canonical DataArray (what ``xclimax.train`` passes today), (b) the Dataset from
-   ``xr.open_zarr`` (dask) and (c) the Dataset from ``xr.open_zarr(..., chunks=None)`` (no dask);
+   (a) the same canonical DataArray (what ``xclimax.train`` passes for in-memory data), (b) the Dataset
+   from ``xr.open_zarr`` (dask; what ``xclimax.train`` passes for dask-backed data) and (c) the Dataset from ``xr.open_zarr(..., chunks=None)`` (no dask);
 3. one training step of the default ``pretrain`` model (forward, backward, AdamW) on that data.
 
 Run: ``python benchmarks/bench_pipeline.py [--times 512] [--batches 30] [--device cpu]``.

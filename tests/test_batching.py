@@ -172,11 +172,11 @@ def test_dataset_backends_give_identical_batches(backend):
 # ----------------------------------------------------------------------------- Dataset sources, cache
 
 
-def _reference(ds, names, stats, member=None):
+def _reference(ds, names, stats, member=None, **mapping):
     """Normalised canonical values the slow way: tokens.to_array, then normalize.normalize."""
     from xclimax import normalize, tokens
 
-    da = tokens.to_array(ds, names)
+    da = tokens.to_array(ds, names, **mapping)
     if member is not None:
         da = da.isel(member=member)
     st = xr.Dataset({"mean": ("variable", [stats[n][0] for n in names]), "std": ("variable", [stats[n][1] for n in names])},
@@ -216,6 +216,33 @@ def test_dataset_source_equals_to_array_then_normalize(backend, style):
     assert loader.sources[0].chunks == ((5, 5, 2) if backend == "dask" else (12,))
     assert _check_batches(loader, _reference(ds, names, stats)) == 11
     xr.testing.assert_identical(ds, original)  # input untouched
+
+
+def test_variables_and_user_mappings_reach_the_dataset_reader(backend):
+    from xclimax.exceptions import CFMappingError
+    from xclimax.testing import synthetic_dataset
+
+    ds = synthetic_dataset(10, variables=["2m_temperature"], grid=(4, 8), constants=False)
+    ds["pmsl"] = (1013.25 + 0.3 * (ds["2m_temperature"] - 285.0)).assign_attrs(units="hPa")
+    ds = as_backend(ds, backend)
+    names = ["mean_sea_level_pressure", "2m_temperature"]
+    mapping = dict(extra_variables=["mean_sea_level_pressure"], variable_map={"mean_sea_level_pressure": "pmsl"})
+    stats = {"2m_temperature": (280.0, 10.0), "mean_sea_level_pressure": (1.0e5, 300.0), "v0": (10.0, 3.0)}
+    da = _canonical(nt=10)
+    loader = BatchLoader({"ds": ds, "da": da}, stats, lead_times="6h", batch_size=3, seed=2, prefetch=0,
+                         variables={"ds": names, "da": ["v0"]}, **mapping)
+    assert [s.inputs for s in loader.sources] == [tuple(names), ("v0",)]
+    assert loader.sources[1].reader.names == ("v0",)  # the DataArray is narrowed to its listed variables
+    one = BatchLoader(ds, stats, lead_times="6h", batch_size=3, variables=names, **mapping)
+    assert _check_batches(one, _reference(ds, names, stats, **mapping)) == 9
+    ref = ds["pmsl"].values[1:] * 100  # hPa -> Pa, by hand
+    got = np.concatenate([b.y[:, 0].numpy() for b in BatchLoader(ds, stats, lead_times="6h", batch_size=3, shuffle=False,
+                                                                  variables=names, **mapping).epoch(0)])
+    np.testing.assert_allclose(got * 300.0 + 1.0e5, ref, rtol=1e-6)
+    with pytest.raises(CFMappingError, match="mean_sea_level_pressure"):
+        BatchLoader(ds, stats, lead_times="6h", batch_size=3, variables=names)  # no mapping: not found
+    with pytest.raises(DataError, match="not in the DataArray"):
+        BatchLoader(da, stats, lead_times="6h", batch_size=3, variables=["v0", "msl"])
 
 
 def test_dataset_source_with_member_dimension_and_lazy_files(tmp_path):

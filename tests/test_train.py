@@ -136,6 +136,50 @@ def test_pretrain_heterogeneous_sources_pooled_stats(backend):
     assert "val_rmse" in hist and set(hist.val_variable.values) == {"2m_temperature", "temperature_500", "temperature_850"}
 
 
+def test_dataset_and_its_canonical_array_train_identically(backend, monkeypatch):
+    """Dask-backed Datasets go to the loader's Dataset reader, DataArrays (and in-memory Datasets, whose canonical
+    array to_array has already built) to its array reader: same batches, same weights."""
+    import xclimax.train as train_mod
+    from xclimax import grid, tokens
+
+    made = []
+
+    class Recording(train_mod.BatchLoader):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            made.append(self)
+
+    monkeypatch.setattr(train_mod, "BatchLoader", Recording)
+    ds = _ds(20, ("2m_temperature", "temperature"), levels=[850], seed=4).isel(lat=slice(None, None, -1))
+    # a variable outside the 48, under a name that only variable_map resolves
+    ds["pmsl"] = (1013.25 + 0.3 * (ds["2m_temperature"] - 285.0)).assign_attrs(units="hPa")
+    ds = as_backend(ds, backend)
+    mapping = dict(extra_variables=["mean_sea_level_pressure"], variable_map={"mean_sea_level_pressure": "pmsl"})
+    norm = grid.normalize_grid(ds)[0]
+    da = tokens.to_array(norm, list(tokens.find_variables(norm, **mapping)), **mapping)
+    kw = dict(lead_times=("6h", "12h"), batch_size=4, max_steps=4, model_kwargs=TINY, val=0.25, seed=3, prefetch=0)
+    runs = [pretrain(ds, **kw, **mapping), pretrain(da, **kw)]
+    base = runs[0][0]
+    runs += [finetune(ds, base, outputs=["mean_sea_level_pressure"], lead_time="12h", batch_size=4, max_steps=3, seed=1,
+                      val=0.25, prefetch=0, **mapping),
+             finetune(da, base, outputs=["mean_sea_level_pressure"], lead_time="12h", batch_size=4, max_steps=3, seed=1,
+                      val=0.25, prefetch=0)]
+    kinds = [type(loader.sources[0].reader).__name__ for loader in made]
+    fed = "_DatasetReader" if backend == "dask" else "_ArrayReader"
+    assert kinds == [fed] * 2 + ["_ArrayReader"] * 2 + [fed] * 2 + ["_ArrayReader"] * 2
+    assert base.variables == ("lattitude", "2m_temperature", "temperature_850", "mean_sea_level_pressure")
+    for (m1, h1), (m2, h2) in (runs[:2], runs[2:]):
+        for k, v in m1.state_dict().items():
+            assert torch.equal(v, m2.state_dict()[k]), k  # both paths normalise the same float32 values the same way
+        xr.testing.assert_identical(h1, h2)
+    for one, other in ((made[0], made[2]), (made[1], made[3]), (made[4], made[6]), (made[5], made[7])):
+        assert one.sources[0].inputs == other.sources[0].inputs and one.sources[0].outputs == other.sources[0].outputs
+        for b1, b2 in zip(one.epoch(0), other.epoch(0), strict=True):
+            assert torch.equal(b1.x, b2.x) and torch.equal(b1.y, b2.y) and torch.equal(b1.lead_hours, b2.lead_hours)
+    # the hPa values were converted to Pa
+    assert base.stats["mean_sea_level_pressure"][0] == pytest.approx(float(ds.pmsl[:15].mean()) * 100, rel=1e-5)
+
+
 def test_pretrain_beats_persistence_on_held_out_times():
     """A tiny model learns travelling waves: 24 h forecasts beat persistence on later, unseen times."""
     ds = _ds(160, ("2m_temperature",), seed=3)

@@ -350,7 +350,8 @@ class _DatasetReader:
     operation per source variable. The values equal ``tokens.to_array(ds, names)``.
     """
 
-    def __init__(self, ds: xr.Dataset, names: Sequence[str] | None) -> None:
+    def __init__(self, ds: xr.Dataset, names: Sequence[str] | None, *, extra_variables: Any = None,
+                 variable_map: Mapping[str, str] | None = None) -> None:
         from . import tokens
         from .grid import normalize_grid
 
@@ -360,7 +361,8 @@ class _DatasetReader:
             if not t:
                 raise DataError(f"expected a 'time' dimension (or one with axis='T'); found dims {dict(norm.sizes)}")
             norm = norm.rename({t[0]: "time"})
-        found = tokens.find_variables(norm, names, strict=names is not None)
+        found = tokens.find_variables(norm, names, extra_variables=extra_variables, variable_map=variable_map,
+                                      strict=names is not None)
         if not found:
             raise DataError(f"no ClimaX variable found in the Dataset (data variables: {list(ds.data_vars)})")
         self.names = tuple(found)
@@ -479,6 +481,16 @@ class BatchLoader:
         Memory for decoded, normalised time chunks (float32). When full, the chunks whose next
         use in the plan is farthest are dropped (and read again when needed); the chunks of
         the batch being assembled are always kept.
+    variables : sequence of str or mapping of name -> sequence of str, optional
+        The ClimaX variables of each source (one list for all, or one per source name), i.e.
+        the canonical array it stands for: a Dataset is read like
+        ``tokens.to_array(ds, variables)`` (a missing variable that is read raises
+        :class:`~xclimax.exceptions.CFMappingError`), a DataArray must hold them. Default:
+        ``inputs + outputs`` when both are given, else every variable (found) of the source.
+        Only the variables among ``inputs``/``outputs`` are read.
+    extra_variables, variable_map
+        How Dataset sources map to ClimaX variables, as in :func:`xclimax.tokens.find_variables`
+        (e.g. ``extra_variables=["mean_sea_level_pressure"]``).
 
     Examples
     --------
@@ -510,6 +522,9 @@ class BatchLoader:
         prefetch: int = 2,
         pin_memory: bool = False,
         cache_bytes: float = 1e9,
+        variables: Sequence[str] | Mapping[str, Sequence[str]] | None = None,
+        extra_variables: Any = None,
+        variable_map: Mapping[str, str] | None = None,
     ) -> None:
         if isinstance(sources, (xr.DataArray, xr.Dataset)):
             sources = {"data": sources}
@@ -519,15 +534,27 @@ class BatchLoader:
         self.shuffle, self.seed, self.prefetch, self.pin_memory = shuffle, int(seed), int(prefetch), pin_memory
         self.cache_bytes = float(cache_bytes)
         self.sources: list[_Source] = []
+        mapping = dict(extra_variables=extra_variables, variable_map=variable_map)
         max_lead_steps = 1
         for name, obj in sources.items():
+            want = variables.get(name) if isinstance(variables, Mapping) else variables
+            want = None if want is None else tuple(str(v) for v in want)
+            reader: Any = None
             if isinstance(obj, xr.Dataset):
-                wanted = None if inputs is None or outputs is None else list(dict.fromkeys([*inputs, *outputs]))
-                reader: Any = _DatasetReader(obj, wanted)
-                names = reader.names
+                if want is None and inputs is not None and outputs is not None:
+                    want = tuple(dict.fromkeys([*inputs, *outputs]))
+                if want is None:  # every ClimaX variable found
+                    reader = _DatasetReader(obj, None, **mapping)
+                names = want if want is not None else reader.names
             elif isinstance(obj, xr.DataArray):
                 da = _canonical_order(obj)
-                names = tuple(str(v) for v in da["variable"].values)
+                have = tuple(str(v) for v in da["variable"].values)
+                missing = [v for v in (want or ()) if v not in have]
+                if missing:
+                    raise DataError(
+                        f"source {name!r}: variables {missing} are not in the DataArray's variables {list(have)}"
+                    )
+                names = want if want is not None else have
             else:
                 raise DataError(f"source {name!r}: expected an xarray.DataArray or Dataset; got {type(obj).__name__}")
             ins = names if inputs is None else tuple(v for v in inputs if v in names)
@@ -537,7 +564,9 @@ class BatchLoader:
             used = tuple(dict.fromkeys(ins + outs))
             if isinstance(obj, xr.DataArray):
                 # a selection adds a task per chunk: only when needed
-                reader = _ArrayReader(da if used == names else da.sel(variable=list(used)))
+                reader = _ArrayReader(da if used == have else da.sel(variable=list(used)))
+            elif reader is None or reader.names != used:  # read only what the batches use
+                reader = _DatasetReader(obj, list(used), **mapping)
             st = stats[name] if isinstance(stats.get(name), Mapping) else stats
             missing = [v for v in reader.names if v not in st]
             if missing:

@@ -205,7 +205,9 @@ class ForecastTask:
 
     lead_times: Any
 
-    def loader(self, sources: Mapping[str, xr.DataArray], stats: Mapping[str, Any], **kwargs: Any) -> BatchLoader:
+    def loader(
+        self, sources: Mapping[str, xr.Dataset | xr.DataArray], stats: Mapping[str, Any], **kwargs: Any
+    ) -> BatchLoader:
         """A :class:`~xclimax.batching.BatchLoader` over forecast pairs."""
         return BatchLoader(sources, stats, lead_times=self.lead_times, **kwargs)
 
@@ -233,8 +235,18 @@ def _task(name: str, lead_times: Any) -> ForecastTask:
 # ----------------------------------------------------------------------------- data preparation
 
 
-def _canonical(ds: Any, variables: Sequence[str] | None, extra_variables: Any, variable_map: Any) -> xr.DataArray:
-    """The canonical ``(*batch, time, variable, lat, lon)`` array of a Dataset (or a canonical DataArray)."""
+def _canonical(
+    ds: Any, variables: Sequence[str] | None, extra_variables: Any, variable_map: Any
+) -> tuple[xr.DataArray, xr.Dataset | xr.DataArray]:
+    """The canonical ``(*batch, time, variable, lat, lon)`` array of a Dataset (or a canonical
+    DataArray), and what to feed the loader.
+
+    A dask-backed Dataset is fed as the grid-normalised Dataset: the loader's Dataset reader
+    loads each source variable once per block (no per-read culling of the large ``to_array``
+    graph), and the canonical array stays lazy (statistics and checks only). Otherwise
+    ``to_array`` has already built the canonical array in memory (numpy data, or files opened
+    with ``chunks=None``), and slicing it is the cheapest read. Both feeds give identical batches.
+    """
     if isinstance(ds, xr.DataArray):
         da = ds
         names = [str(v) for v in da["variable"].values] if "variable" in da.coords else None
@@ -245,14 +257,16 @@ def _canonical(ds: Any, variables: Sequence[str] | None, extra_variables: Any, v
             if missing:
                 raise DataError(f"variables {missing} are not in the DataArray's variables {names}")
             da = da.sel(variable=list(variables))
-        return da.transpose(..., "time", "variable", "lat", "lon")
+        da = da.transpose(..., "time", "variable", "lat", "lon")
+        return da, da
     if not isinstance(ds, xr.Dataset):
         raise DataError(f"expected an xarray.Dataset (or a list/dict of them); got {type(ds).__name__}")
     norm, _ = _grid.normalize_grid(ds)
     found = _tokens.find_variables(norm, variables, extra_variables=extra_variables, variable_map=variable_map, strict=variables is not None)
     if not found:
         raise DataError(f"no ClimaX variable found in the Dataset (data variables: {list(ds.data_vars)})")
-    return _tokens.to_array(norm, list(found), extra_variables=extra_variables, variable_map=variable_map)
+    da = _tokens.to_array(norm, list(found), extra_variables=extra_variables, variable_map=variable_map)
+    return da, (norm if da.chunks is not None else da)
 
 
 def _sources(ds: Any) -> dict[str, Any]:
@@ -662,21 +676,45 @@ def _history(hist: dict, outs: list[str]) -> xr.Dataset:
 # ----------------------------------------------------------------------------- public API
 
 
+@dataclass
+class _Data:
+    """Training (or validation) sources: lazy canonical arrays (statistics, grid and time checks),
+    what the loader reads (grid-normalised Datasets or canonical DataArrays) and usable-time masks."""
+
+    arrays: dict[str, xr.DataArray]
+    feeds: dict[str, xr.Dataset | xr.DataArray]
+    masks: dict[str, np.ndarray]
+
+    def variables(self) -> dict[str, list[str]]:
+        """The ClimaX variables of each source, in the order of its canonical array."""
+        return {k: [str(v) for v in a["variable"].values] for k, a in self.arrays.items()}
+
+    def loader_kwargs(self, extra_variables: Any, variable_map: Any) -> dict[str, Any]:
+        """Sources and variables for :class:`~xclimax.batching.BatchLoader` (via ``ForecastTask.loader``)."""
+        return dict(sources=self.feeds, mask=self.masks, variables=self.variables(), extra_variables=extra_variables,
+                    variable_map=variable_map)
+
+
 def _prepare(
     ds: Any, val: Any, variables: Sequence[str] | None, extra_variables: Any, variable_map: Any
-) -> tuple[dict[str, xr.DataArray], dict[str, np.ndarray], dict[str, xr.DataArray] | None, dict[str, np.ndarray] | None]:
-    arrays = {k: _canonical(v, variables, extra_variables, variable_map) for k, v in _sources(ds).items()}
+) -> tuple[_Data, _Data | None]:
+    """Training data and validation data (the same sources with other masks, separate data, or None)."""
+    def load(obj: Any) -> tuple[dict, dict]:
+        pairs = {k: _canonical(v, variables, extra_variables, variable_map) for k, v in _sources(obj).items()}
+        return {k: p[0] for k, p in pairs.items()}, {k: p[1] for k, p in pairs.items()}
+
+    arrays, feeds = load(ds)
     for name, a in arrays.items():
         time_step(a["time"].values)  # validates the time axis early
     if isinstance(val, (xr.Dataset, xr.DataArray, Mapping, list, tuple)):
-        val_arrays = {k: _canonical(v, variables, extra_variables, variable_map) for k, v in _sources(val).items()}
-        masks = {k: np.ones(a.sizes["time"], bool) for k, a in arrays.items()}
-        return arrays, masks, val_arrays, {k: np.ones(a.sizes["time"], bool) for k, a in val_arrays.items()}
+        val_arrays, val_feeds = load(val)
+        every = lambda arrs: {k: np.ones(a.sizes["time"], bool) for k, a in arrs.items()}  # noqa: E731
+        return _Data(arrays, feeds, every(arrays)), _Data(val_arrays, val_feeds, every(val_arrays))
     split = {k: split_times(a["time"].values, val) for k, a in arrays.items()}
-    masks = {k: s[0] for k, s in split.items()}
+    train = _Data(arrays, feeds, {k: s[0] for k, s in split.items()})
     if val is None:
-        return arrays, masks, None, None
-    return arrays, masks, arrays, {k: s[1] for k, s in split.items()}
+        return train, None
+    return train, _Data(arrays, feeds, {k: s[1] for k, s in split.items()})
 
 
 def pretrain(
@@ -795,7 +833,8 @@ def pretrain(
     """
     if stats not in ("pooled", "per_source"):
         raise DataError(f"stats must be 'pooled' or 'per_source'; got {stats!r}")
-    arrays, masks, val_arrays, val_masks = _prepare(ds, val, variables, extra_variables, variable_map)
+    data, val_data = _prepare(ds, val, variables, extra_variables, variable_map)
+    arrays, masks = data.arrays, data.masks
     img = _img_size(arrays, model)
     names = list(dict.fromkeys(str(v) for a in arrays.values() for v in a["variable"].values))
     norm_stats, pooled = _stats(arrays, masks, stats == "pooled")
@@ -811,14 +850,16 @@ def pretrain(
         raise DataError(f"pretraining needs time-varying variables to predict; found only constants {names}")
     task = _task("forecast", lead_times)
     lat = np.asarray(next(iter(arrays.values()))["lat"].values)
-    loader = task.loader(arrays, norm_stats, batch_size=batch_size, outputs=outs, mask=masks, seed=seed, block_size=block_size,
-                         buffer_size=buffer_size, prefetch=prefetch, pin_memory=resolve_device(device).type == "cuda")
+    mapping = (extra_variables, variable_map)
+    loader = task.loader(stats=norm_stats, batch_size=batch_size, outputs=outs, seed=seed, block_size=block_size,
+                         buffer_size=buffer_size, prefetch=prefetch, pin_memory=resolve_device(device).type == "cuda",
+                         **data.loader_kwargs(*mapping))
     val_loader = None
-    if val_arrays is not None:
+    if val_data is not None:
         lead = val_lead_time or (lead_times[-1] if isinstance(lead_times, (list, tuple)) else lead_times)
-        val_stats = norm_stats if stats == "pooled" or val_arrays is arrays else pooled
-        val_loader = _task("forecast", lead).loader(val_arrays, val_stats, batch_size=batch_size, outputs=outs, mask=val_masks,
-                                                    shuffle=False, prefetch=prefetch)
+        val_stats = norm_stats if stats == "pooled" or val_data.arrays is arrays else pooled
+        val_loader = _task("forecast", lead).loader(stats=val_stats, batch_size=batch_size, outputs=outs, shuffle=False,
+                                                    prefetch=prefetch, **val_data.loader_kwargs(*mapping))
     history = _fit(
         model, task, loader, val_loader, lat=lat, mask=np.ones(img, bool), max_steps=max_steps, epochs=epochs, lr=lr,
         betas=betas, weight_decay=weight_decay, warmup_steps=warmup_steps, warmup_start_lr=warmup_start_lr,
@@ -935,7 +976,8 @@ def finetune(
         want = list(dict.fromkeys(canonical_name(v) for v in [*(inputs or []), *(outputs or [])]))
         if inputs is None:
             want = None  # all variables found, which must include the outputs (checked below)
-    arrays, masks, val_arrays, val_masks = _prepare(ds, val, want, extra_variables, variable_map)
+    data, val_data = _prepare(ds, val, want, extra_variables, variable_map)
+    arrays, masks = data.arrays, data.masks
     img = _img_size(arrays, model)
     found = list(dict.fromkeys(str(v) for a in arrays.values() for v in a["variable"].values))
     ins = [canonical_name(v) for v in inputs] if inputs is not None else found
@@ -958,11 +1000,12 @@ def finetune(
     mask = region_mask(lat, lon, region, tuned.patch_size) if region is not None else np.ones(img, bool)
     torch.manual_seed(seed)
     kw = dict(batch_size=batch_size, inputs=ins, outputs=outs, prefetch=prefetch)
-    loader = the_task.loader(arrays, stats, mask=masks, seed=seed, block_size=block_size, buffer_size=buffer_size,
-                             pin_memory=resolve_device(device).type == "cuda", **kw)
+    mapping = (extra_variables, variable_map)
+    loader = the_task.loader(stats=stats, seed=seed, block_size=block_size, buffer_size=buffer_size,
+                             pin_memory=resolve_device(device).type == "cuda", **kw, **data.loader_kwargs(*mapping))
     val_loader = None
-    if val_arrays is not None:
-        val_loader = the_task.loader(val_arrays, stats, mask=val_masks, shuffle=False, **kw)
+    if val_data is not None:
+        val_loader = the_task.loader(stats=stats, shuffle=False, **kw, **val_data.loader_kwargs(*mapping))
     history = _fit(
         tuned, the_task, loader, val_loader, lat=lat, mask=mask, max_steps=max_steps, epochs=epochs, lr=lr, betas=betas,
         weight_decay=weight_decay, warmup_steps=warmup_steps, warmup_start_lr=warmup_start_lr, eta_min=eta_min,

@@ -35,7 +35,7 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 #: Version of the demo data generator: bump when :mod:`xclimax.atmosphere` output changes.
-VERSION = 2
+VERSION = 3
 #: The calendar years of the default demo dataset (each an independent realisation).
 DEMO_YEARS: tuple[int, ...] = (2000, 2001, 2002)
 #: The pressure levels (hPa) of the demo dataset, a subset of the ClimaX levels.
@@ -246,16 +246,23 @@ def split(ds: xr.Dataset) -> dict[str, xr.Dataset]:
 def load_model(path: str | os.PathLike[str] | None = None) -> Any:
     """Load the bundled demo ClimaX (trained on the demo dataset's training years).
 
-    The model takes all demo variables (45 fields on 7 levels and the surface, plus
-    ``land_sea_mask``, ``orography`` and ``lattitude``) and predicts the same set, for lead times
-    of 6 to 72 hours; ``model.stats`` holds its normalisation statistics and ``model.metadata``
-    its grid, time step and training provenance.
+    The model takes all demo variables (5 fields on 3 levels, 3 surface fields, plus
+    ``land_sea_mask``, ``orography`` and ``lattitude``) and predicts the 18 time-varying ones
+    (``model.metadata["out_variables"]``) 24 h ahead; roll it out with
+    ``xclimax.forecast(ds, model, lead_time="24h", steps=n)``.  ``model.stats`` holds its
+    normalisation statistics and ``model.metadata`` its training provenance and its scores on the
+    held-out year.
+
+    Parameters
+    ----------
+    path : str or path-like, optional
+        Another checkpoint to load instead (default: :data:`DEMO_MODEL_PATH`).
 
     Examples
     --------
     >>> model = load_model()
-    >>> model.img_size, model.metadata["time_step_hours"]
-    ((32, 64), 6)
+    >>> model.img_size, model.metadata["time_step_hours"], model.metadata["lead_time"]
+    ((32, 64), 6, '24h')
     """
     from .checkpoint import load_checkpoint
 
