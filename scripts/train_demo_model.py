@@ -1,6 +1,6 @@
 """Train the bundled demo ClimaX (``xclimax/data/demo_model.safetensors``) on the demo data.
 
-Reproducible: seeded, CPU, about 20 minutes on 2 threads.  Trains a small ClimaX with the
+Reproducible: seeded, CPU, about 20-30 minutes on 2 threads.  Trains a small ClimaX with the
 library's own :func:`xclimax.pretrain` on the training years of
 ``xclimax.tutorial.open_dataset()`` (2000-2001), lead time 24 h, inputs = outputs = all demo
 variables (so that autoregressive rollouts work), then scores 24 h and 72 h (3 x 24 h) forecasts
@@ -9,7 +9,7 @@ scores in the checkpoint metadata.
 
 Usage::
 
-    python scripts/train_demo_model.py [--steps 900] [--out xclimax/data/demo_model.safetensors]
+    python scripts/train_demo_model.py [--steps 1700] [--out xclimax/data/demo_model.safetensors]
 """
 
 from __future__ import annotations
@@ -60,7 +60,7 @@ def skill(model, test, steps: int = 3, every: int = 2) -> dict[str, dict[str, di
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--steps", type=int, default=900)
+    p.add_argument("--steps", type=int, default=1700)
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--warmup", type=int, default=50)

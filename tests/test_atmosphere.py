@@ -217,4 +217,4 @@ def test_weather_is_mostly_deterministic_at_24h():
 
     persistence, noise = rms(truth - start), rms(fields(twin) - truth)
     assert (noise < 0.7 * persistence).all(), (noise, persistence)
-    assert persistence[0] > 50  # z' moves by more than 5 gpm rms in a day
+    assert persistence[0] > 300  # z' changes by more than 30 gpm rms in a day

@@ -303,8 +303,8 @@ class AtmosphereConfig:
     jet_width: float = 13.0  # degrees
     # short-memory stochastic forcing at large synoptic scales: the eddies it seeds live for weeks
     # and are carried along by the jets, so most of a day's change is deterministic dynamics (a twin
-    # run with other noise differs from the truth by ~0.35x the 24 h persistence error in the
-    # geopotential and ~0.25-0.4x in the winds; see tests/test_atmosphere.py)
+    # run with other noise differs from the truth after 24 h by 0.3-0.55x the persistence error in
+    # the geopotential and 0.25-0.55x in the winds; see tests/test_atmosphere.py)
     forcing_amplitude: float = 1.0e-10  # rms of the stochastic vorticity forcing (s-2)
     forcing_days: float = 0.25  # its decorrelation time
     forcing_band: tuple[int, int] = (3, 6)  # total wavenumbers forced
