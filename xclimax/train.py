@@ -31,6 +31,7 @@ import xarray as xr
 
 from . import checkpoint as _checkpoint
 from . import grid as _grid
+from . import metrics as _metrics
 from . import normalize as _normalize
 from . import tokens as _tokens
 from .batching import Batch, BatchLoader, split_times, time_step
@@ -45,7 +46,6 @@ __all__ = [
     "finetune",
     "LinearWarmupCosine",
     "configure_optimizer",
-    "lat_weights",
     "region_mask",
     "REGIONS",
     "TASKS",
@@ -137,16 +137,9 @@ def configure_optimizer(
     return torch.optim.AdamW(groups, lr=lr, betas=tuple(betas))
 
 
-def lat_weights(lat: Sequence[float] | np.ndarray) -> np.ndarray:
-    """ClimaX's latitude weights ``cos(lat) / mean(cos(lat))``.
-
-    Examples
-    --------
-    >>> lat_weights([-60.0, 0.0, 60.0]).round(3).tolist()
-    [0.75, 1.5, 0.75]
-    """
-    c = np.cos(np.deg2rad(np.asarray(lat, dtype=np.float64)))
-    return c / c.mean()
+def _lat_weights(lat: Sequence[float] | np.ndarray) -> np.ndarray:
+    """ClimaX's latitude weights ``cos(lat) / mean(cos(lat))`` as a numpy array."""
+    return _metrics.lat_weights(np.asarray(lat, dtype=np.float64), flavour="climax").values
 
 
 def region_mask(lat: np.ndarray, lon: np.ndarray, region: str | Mapping[str, Any], patch_size: int) -> np.ndarray:
@@ -521,7 +514,7 @@ def _fit(
         torch.autocast(device.type, dtype=torch.float16 if precision == "fp16" else torch.bfloat16)
         if precision else nullcontext()
     )
-    wmap = torch.as_tensor(lat_weights(lat)[:, None] * mask, dtype=torch.float32, device=device)
+    wmap = torch.as_tensor(_lat_weights(lat)[:, None] * mask, dtype=torch.float32, device=device)
     outs = list(dict.fromkeys(v for s in loader.sources for v in s.outputs))
     hist: dict[str, list] = {"loss": [], "lr": [], "epoch": [], "var_loss": [], "val_step": [], "val_epoch": [], "val": []}
     step, epoch, position = 0, 0, 0
@@ -559,7 +552,7 @@ def _fit(
         if val_loader is None:
             return
         model.eval()
-        scores = _Scores(torch.as_tensor(lat_weights(lat))[:, None], torch.as_tensor(mask))
+        scores = _Scores(torch.as_tensor(_lat_weights(lat))[:, None], torch.as_tensor(mask))
         total_loss, count = 0.0, 0
         with torch.no_grad(), autocast:
             it = val_loader.epoch(0)
