@@ -29,6 +29,7 @@ from xclimax.train import (
     region_mask,
 )
 
+
 @pytest.fixture(autouse=True)
 def _one_thread():
     """Training tests are timed on a small shared machine: avoid thread oversubscription."""
@@ -120,7 +121,7 @@ def test_pretrain_heterogeneous_sources_pooled_stats(backend):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", XClimaxWarning)
         model, hist = pretrain({"era": era, "cmip": cmip}, lead_times=("6h", "12h"), batch_size=4, max_steps=6,
-                               model_kwargs=TINY, val=0.25, callback=lambda s, l: seen.append(s))
+                               model_kwargs=TINY, val=0.25, callback=lambda step, loss: seen.append(step))
     assert set(model.variables) == {"lattitude", "2m_temperature", "temperature_500", "temperature_850"}
     assert seen == list(range(1, 7)) and hist.sizes["step"] == 6 and np.isfinite(hist.loss).all()
     # pooled statistics of temperature_850 over both sources' training times (15 + 12 steps)

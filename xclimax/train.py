@@ -34,9 +34,9 @@ from . import grid as _grid
 from . import metrics as _metrics
 from . import normalize as _normalize
 from . import tokens as _tokens
+from ._utils import resolve_device
 from .batching import Batch, BatchLoader, split_times, time_step
 from .exceptions import CheckpointError, DataError, GridError
-from ._utils import resolve_device
 from .model import ClimaX
 from .options import OPTIONS
 from .vocab import FORECAST_VARIABLES, VARIABLES, canonical_name
@@ -697,7 +697,7 @@ def _prepare(
         return {k: p[0] for k, p in pairs.items()}, {k: p[1] for k, p in pairs.items()}
 
     arrays, feeds = load(ds)
-    for name, a in arrays.items():
+    for a in arrays.values():
         time_step(a["time"].values)  # validates the time axis early
     if isinstance(val, (xr.Dataset, xr.DataArray, Mapping, list, tuple)):
         val_arrays, val_feeds = load(val)
