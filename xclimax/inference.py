@@ -27,7 +27,7 @@ from ._utils import as_lead_times, resolve_device
 from ._version import __version__
 from .exceptions import CFMappingError, DataError, GridError, XClimaxWarning
 from .options import OPTIONS
-from .vocab import VARIABLES
+from .vocab import VARIABLES, canonical_name
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -341,7 +341,7 @@ def _predict(
             stacklevel=3,
         )
     if variables is not None:
-        out_vars = [_tokens_canonical(v) for v in variables]
+        out_vars = [canonical_name(v) for v in variables]
         unknown = [v for v in out_vars if v not in model.variables]
         if unknown:
             raise CFMappingError(f"requested output variables {unknown} are not among the model's variables {list(model.variables)}")
@@ -442,9 +442,3 @@ def _predict(
     if isinstance(model.metadata, dict) and model.metadata.get("name"):
         out_ds.attrs["xclimax_model"] = str(model.metadata["name"])
     return out_ds
-
-
-def _tokens_canonical(name: str) -> str:
-    from .vocab import canonical_name
-
-    return canonical_name(name)
