@@ -73,7 +73,8 @@ class Runner:
         sync(self.device)
 
 
-def time_rounds(runners: dict, rounds: int, warmup: int) -> dict:
+def time_rounds(runners: dict, rounds: int, warmup: int, inner: int = 1) -> dict:
+    """Median over ``rounds`` (models alternating) of the time per step, ``inner`` steps per round."""
     for _ in range(warmup):
         for run in runners.values():
             run()
@@ -81,8 +82,9 @@ def time_rounds(runners: dict, rounds: int, warmup: int) -> dict:
     for _ in range(rounds):
         for name, run in runners.items():
             t0 = time.perf_counter()
-            run()
-            times[name].append(time.perf_counter() - t0)
+            for _ in range(inner):
+                run()
+            times[name].append((time.perf_counter() - t0) / inner)
     return {name: statistics.median(t) for name, t in times.items()}
 
 
@@ -119,11 +121,14 @@ def bench_config(name: str, args, Official) -> None:
         runners = {}
         if off is not None:
             runners["official"] = Runner(off, True, mode, batch, False, dev)
+            if args.bf16:
+                runners["official-bf16"] = Runner(off, True, mode, batch, True, dev)
         for label, (model, amp) in variants.items():
             runners[label] = Runner(model, False, mode, batch, amp, dev)
-        med = time_rounds(runners, args.rounds, args.warmup)
+        med = time_rounds(runners, args.rounds, args.warmup, args.inner)
         for label, t in med.items():
-            ratio = f"  x{med['official'] / t:.2f} vs official" if "official" in med and label != "official" else ""
+            base = "official-bf16" if label.endswith("bf16") else "official"
+            ratio = f"  x{med[base] / t:.2f} vs {base}" if base in med and not label.startswith("official") else ""
             print(f"{mode:5s} {label:18s} {batch_size / t:9.2f} samples/s  ({t * 1e3:8.1f} ms/step){ratio}")
 
 
@@ -136,8 +141,9 @@ def main() -> None:
     parser.add_argument("--batch-default", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--inner", type=int, default=1, help="steps timed per round (use 10+ on a GPU)")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
-    parser.add_argument("--bf16", action="store_true", help="also time xclimax under bf16 autocast")
+    parser.add_argument("--bf16", action="store_true", help="also time both models under bf16 autocast")
     parser.add_argument("--compile", action="store_true", help="also time torch.compile(xclimax)")
     args = parser.parse_args()
     if args.threads:

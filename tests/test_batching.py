@@ -297,3 +297,95 @@ def test_closing_an_epoch_early_stops_the_threads():
     next(it)
     it.close()
     assert not [t for t in threading.enumerate() if t.name.startswith(("xclimax-prefetch", "xclimax-read"))]
+
+
+@pytest.mark.parametrize("pipeline", ["zarr", "zarrs"])
+@pytest.mark.parametrize("chunks", [None, {}])
+def test_zarr_store_is_read_directly_with_the_same_values(tmp_path, chunks, pipeline):
+    """Datasets opened from zarr are read with zarr's async API (no dask compute), values as xarray's,
+    with zarr's codec pipeline or zarrs'."""
+    import xclimax
+    from xclimax.testing import synthetic_dataset
+
+    if pipeline == "zarrs":
+        pytest.importorskip("zarrs")
+
+    names = ["2m_temperature", "temperature_850", "geopotential_500", "lattitude", "orography"]
+    stats = {n: (1.0, 2.0) for n in names}
+    src = synthetic_dataset(30, grid=(4, 8), levels=(500, 850))
+    src = src.isel(lat=slice(None, None, -1))  # stored north to south: the loader flips it back
+    path = tmp_path / "ds.zarr"
+    src.chunk({"time": 8}).to_zarr(path)
+    subsets = [lambda d: d, lambda d: d.isel(time=slice(3, 27)).sel(level=[850, 500])]  # map onto the store
+    for subset in subsets:
+        ds = subset(xr.open_zarr(path, chunks=chunks))
+        with xclimax.set_options(zarrs=pipeline == "zarrs"):
+            loader = BatchLoader(ds, stats, lead_times=("6h", "18h"), inputs=names, outputs=names, batch_size=4,
+                                 prefetch=0)
+        direct = loader.sources[0].reader.direct
+        assert direct is not None
+        used = {type(a.codec_pipeline).__module__.split(".")[0] for a in direct._arrays.values()}
+        assert used == {pipeline}
+        ref = _reference(subset(xr.open_zarr(path)).compute(), names, stats)
+        with raise_if_dask_computes():
+            assert _check_batches(loader, ref) == ds.sizes["time"] - 1
+
+
+def test_zarr_direct_reads_step_aside_for_modified_or_encoded_data(tmp_path):
+    from xclimax.testing import synthetic_dataset
+
+    names = ["2m_temperature", "lattitude"]
+    stats = {n: (1.0, 2.0) for n in names}
+    path = tmp_path / "ds.zarr"
+    src = synthetic_dataset(12, grid=(4, 8), variables=["2m_temperature"], constants=False)
+    src["2m_temperature"] += np.random.default_rng(0).normal(size=src["2m_temperature"].shape).astype("float32")
+    src.chunk({"time": 4}).to_zarr(path)  # noise: no field is symmetric, so relabelled data are noticed
+    ds = xr.open_zarr(path)
+    cases = {
+        "arithmetic": ds.assign({"2m_temperature": ds["2m_temperature"] + 1.0}),
+        "relabelled": ds.assign_coords(lat=ds["lat"].values[::-1].copy()),  # labels flipped, data not
+    }
+    for case, data in cases.items():
+        loader = BatchLoader(data, stats, lead_times="6h", inputs=names, outputs=names, batch_size=4, prefetch=0)
+        assert loader.sources[0].reader.direct is None, case
+        assert _check_batches(loader, _reference(data.compute(), names, stats)) == 11
+    packed = tmp_path / "packed.zarr"
+    enc = {"2m_temperature": {"dtype": "int16", "scale_factor": 0.01, "add_offset": 280.0, "_FillValue": -32768}}
+    synthetic_dataset(12, grid=(4, 8), variables=["2m_temperature"], constants=False).to_zarr(packed, encoding=enc)
+    loader = BatchLoader(xr.open_zarr(packed), stats, lead_times="6h", inputs=names, outputs=names, batch_size=4)
+    assert loader.sources[0].reader.direct is None  # CF-packed data are decoded by xarray
+
+
+def test_dropping_an_epoch_early_stops_the_threads():
+    import gc
+    import threading
+
+    loader = BatchLoader(_canonical(nt=60).chunk({"time": 4}), STATS, lead_times="6h", batch_size=4, block_size=4)
+    for _ in loader.epoch(0):
+        break  # no close(): the iterator is simply dropped
+    gc.collect()
+    for t in threading.enumerate():
+        if t.name.startswith("xclimax-prefetch"):
+            t.join(timeout=5)
+    assert not [t for t in threading.enumerate() if t.name.startswith(("xclimax-prefetch", "xclimax-read"))]
+
+
+def test_several_readers_give_the_same_batches_and_read_each_chunk_once():
+    da = _canonical(nt=80).chunk({"time": 4})
+    kw = dict(lead_times=("6h", "30h"), batch_size=4, seed=3, block_size=8)
+    one = [(b.x, b.y) for b in BatchLoader(da, STATS, readers=1, **kw).epoch(1)]
+    loader = BatchLoader(da, STATS, readers=3, **kw)
+    reads = []
+    original = loader._read
+    loader._read = lambda s, r, cs: reads.extend(cs) or original(s, r, cs)
+    many = [(b.x, b.y) for b in loader.epoch(1)]
+    assert len(one) == len(many) and all(torch_equal(a, b) for a, b in zip(one, many))
+    assert sorted(reads) == list(range(20))  # 20 chunks, each decoded once although 3 blocks are read at a time
+    with pytest.raises(DataError, match="readers"):
+        BatchLoader(da, STATS, readers=0, **kw)
+
+
+def torch_equal(a, b):
+    import torch
+
+    return torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])

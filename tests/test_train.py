@@ -179,6 +179,33 @@ def test_dataset_and_its_canonical_array_train_identically(backend, monkeypatch)
     assert base.stats["mean_sea_level_pressure"][0] == pytest.approx(float(ds.pmsl[:15].mean()) * 100, rel=1e-5)
 
 
+def test_zarr_stores_train_like_memory_without_loading_the_store(tmp_path, monkeypatch):
+    """``open_zarr`` data (dask or ``chunks=None``) are fed as Datasets, read straight from the store (nothing
+    loaded whole, no dask compute by the loader), and give the weights of the same data in memory."""
+    import xclimax.train as train_mod
+
+    made = []
+
+    class Recording(train_mod.BatchLoader):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            made.append(self)
+
+    monkeypatch.setattr(train_mod, "BatchLoader", Recording)
+    path = tmp_path / "train.zarr"
+    _ds(20, ("2m_temperature", "temperature"), levels=[850], seed=4).chunk({"time": 8}).to_zarr(path)
+    kw = dict(lead_times=("6h", "12h"), batch_size=4, max_steps=4, model_kwargs=TINY, val=0.25, seed=3, prefetch=0)
+    ref, _ = pretrain(xr.open_zarr(path).compute().chunk({"time": 8}), **kw)  # in memory, same statistics' chunks
+    assert made[-1].sources[0].reader.direct is None
+    for chunks in (None, {}):
+        ds = xr.open_zarr(path, chunks=chunks)
+        model, _ = pretrain(ds, **kw)
+        assert all(not v.variable._in_memory for v in ds.data_vars.values())  # the user's Dataset stays lazy
+        assert [type(m.sources[0].reader.direct).__name__ for m in made[-2:]] == ["_ZarrDirect"] * 2
+        for k, v in ref.state_dict().items():
+            assert torch.equal(v, model.state_dict()[k]), k
+
+
 def test_pretrain_beats_persistence_on_held_out_times():
     """A tiny model learns travelling waves: 24 h forecasts beat persistence on later, unseen times."""
     ds = _ds(160, ("2m_temperature",), seed=3)

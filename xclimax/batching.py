@@ -26,9 +26,12 @@ and selects levels, converts units and stacks in numpy, giving the values of
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import queue
 import threading
+import warnings
 from dataclasses import dataclass
 from typing import Any, Iterator, Mapping, Sequence
 
@@ -279,6 +282,14 @@ def _runs(chunks: Sequence[int]) -> list[list[int]]:
     return out
 
 
+def _as_slice(idx: Sequence[int]) -> slice | list[int]:
+    """A list of positions as a slice when it is a contiguous ascending run (views, not copies)."""
+    idx = [int(i) for i in idx]
+    if idx and idx == list(range(idx[0], idx[-1] + 1)):
+        return slice(idx[0], idx[-1] + 1)
+    return idx
+
+
 class _ArrayReader:
     """Blocks of a canonical DataArray ``(*batch, time, variable, lat, lon)``.
 
@@ -340,6 +351,171 @@ class _ArrayReader:
         return out
 
 
+_SLICING_LAYERS = ("original-open_dataset-", "open_dataset-", "getitem-", "rechunk-")
+_LAZY_INDEXING = ("MemoryCachedArray", "CopyOnWriteArray", "LazilyIndexedArray", "LazilyVectorizedIndexedArray",
+                  "ImplicitToExplicitIndexingAdapter")
+
+
+def _fast_codec_pipeline() -> str | None:
+    """zarr codec pipeline for the loader's direct reads: ``zarrs`` (Rust, parallel decoding) when it is
+    installed and the ``zarrs`` option allows it, else None (zarr's own)."""
+    from .options import OPTIONS
+
+    if not OPTIONS["zarrs"]:
+        return None
+    import importlib.util
+
+    return "zarrs.ZarrsCodecPipeline" if importlib.util.find_spec("zarrs") is not None else None
+
+
+def _only_slices(var: xr.Variable) -> bool:
+    """True if ``var`` holds its file's values, at most indexed or rechunked (no arithmetic)."""
+    data = var._data
+    if hasattr(data, "dask"):
+        return all(str(name).startswith(_SLICING_LAYERS) for name in data.dask.layers)
+    while type(data).__name__ in _LAZY_INDEXING:
+        data = data.array
+    return type(data).__name__ == "ZarrArrayWrapper"
+
+
+class _ZarrDirect:
+    """Reads a Dataset's source variables straight from the zarr store it was opened from.
+
+    ``xr.open_zarr`` reads each chunk through one dask task (or one call per variable), and
+    zarr 3 hands every call to its event loop and back: for 5.625 deg data that costs more
+    than the decoding itself. Here every source variable of a block is requested in **one**
+    ``asyncio.gather`` over zarr's asynchronous arrays, so chunks are fetched and decoded
+    concurrently with one hand-off per block.
+
+    Used only when it provably gives the values xarray would give: the Dataset's
+    ``encoding["source"]`` is a zarr store that zarr (>= 3) can open, each variable is the
+    store's array at most indexed or rechunked (no arithmetic: checked on the dask graph or
+    the lazy-indexing chain), it needs no CF decoding (float, no scale/offset, NaN or no fill
+    value), every dimension maps onto the store's by coordinate value (time onto a contiguous
+    range; lat/lon/levels by any index, which covers flipped latitudes) and a first and a last
+    time step read both ways are identical. Otherwise :meth:`attach` returns None and the
+    reader uses xarray.
+
+    With the `zarrs <https://github.com/zarrs/zarrs-python>`_ package installed (``pip install
+    zarrs``; option ``zarrs``, on by default) these arrays decode with its Rust codec pipeline,
+    in parallel on all cores; zarr's global configuration is left as it is.
+    """
+
+    def __init__(self, sync: Any, arrays: dict[str, Any], maps: dict[str, list[Any]]) -> None:
+        self._sync, self._arrays, self._maps = sync, arrays, maps
+
+    @classmethod
+    def attach(cls, ds: xr.Dataset) -> "_ZarrDirect | None":
+        source = ds.encoding.get("source")
+        if not isinstance(source, str) or not any(ds[v].encoding.get("preferred_chunks") for v in ds.data_vars):
+            return None
+        try:
+            import zarr
+            import zarr.api.asynchronous as azarr
+            from zarr.core.sync import sync
+
+            if int(zarr.__version__.split(".")[0]) < 3:
+                return None
+            with warnings.catch_warnings():  # e.g. about consolidated metadata: the user has seen them already
+                warnings.simplefilter("ignore")
+                group = sync(azarr.open_group(store=source, mode="r"))
+                orig = xr.open_zarr(source, chunks=None)
+            pipeline = _fast_codec_pipeline()
+            with orig, (zarr.config.set({"codec_pipeline.path": pipeline}) if pipeline else contextlib.nullcontext()):
+                arrays, maps = {}, {}  # (arrays keep the codec pipeline they are opened with)
+                for name, var in ds.data_vars.items():
+                    m = cls._mapping(ds, orig, str(name), var.variable)
+                    if m is None:
+                        logger.debug("zarr direct reads off: %r is not a plain slice of %s", name, source)
+                        return None
+                    arrays[str(name)], maps[str(name)] = sync(group.getitem(str(name))), (var.dims, m)
+        except Exception as err:  # any store or zarr API problem: fall back to xarray
+            logger.debug("zarr direct reads off for %s: %s", source, err)
+            return None
+        direct = cls(sync, arrays, maps)
+        names = [str(v) for v in ds.data_vars]
+        try:  # the first and last time steps, both ways
+            for t in sorted({0, ds.sizes.get("time", 1) - 1}):
+                sels = [{"time": (t, t + 1)} if "time" in ds[v].dims else {} for v in names]
+                for v, sel, got in zip(names, sels, direct.read(names, sels)):
+                    ref = ds[v].variable.isel({d: slice(*r) for d, r in sel.items()}).values
+                    if not np.array_equal(got, ref, equal_nan=True):
+                        logger.debug("zarr direct reads off: %r differs from xarray's values", v)
+                        return None
+        except Exception as err:
+            logger.debug("zarr direct reads off for %s: %s", source, err)
+            return None
+        logger.debug("reading %s directly with zarr", source)
+        return direct
+
+    @staticmethod
+    def _mapping(ds: xr.Dataset, orig: xr.Dataset, name: str, var: xr.Variable) -> list[Any] | None:
+        """Per dimension of ``var``: (store axis, positions in the store); None if not a plain slice."""
+        if name not in orig.data_vars or not _only_slices(var) or set(var.dims) != set(orig[name].dims):
+            return None
+        src = orig[name]
+        enc = src.encoding
+        fill = enc.get("_FillValue")
+        if (src.dtype.kind != "f" or var.dtype != src.dtype or "scale_factor" in enc or "add_offset" in enc
+                or (fill is not None and not np.isnan(fill))):
+            return None
+        out = []
+        for dim in var.dims:
+            axis = src.dims.index(dim)
+            if dim in ds.indexes and dim in orig.indexes:
+                if not orig.indexes[dim].is_unique:
+                    return None
+                pos = np.asarray(orig.indexes[dim].get_indexer(ds.indexes[dim]))
+                if (pos < 0).any():
+                    return None
+            elif ds.sizes[dim] == orig.sizes[dim]:
+                pos = np.arange(ds.sizes[dim])
+            else:
+                return None
+            if dim == "time" and pos.size > 1 and not (np.diff(pos) == 1).all():
+                return None
+            out.append((axis, pos))
+        return out
+
+    def read(self, names: Sequence[str], selections: Sequence[Mapping[str, Any]]) -> list[np.ndarray]:
+        """Arrays of the Dataset variables ``names[i]`` at ``selections[i]``, dims in the Dataset's order.
+
+        A selection maps a dimension to an integer (dropped) or a ``(lo, hi)`` range of the
+        Dataset's positions; other dimensions are read whole. One ``asyncio.gather`` for all.
+        """
+        import asyncio
+
+        jobs, posts = [], []
+        for name, sel in zip(names, selections):
+            dims, axes = self._maps[name]
+            store_sel: list[Any] = [slice(None)] * len(axes)
+            kept: list[tuple[int, Any]] = []  # (store axis, positions to take or None) per kept dim
+            for dim, (axis, pos) in zip(dims, axes):
+                want = sel.get(dim)
+                if isinstance(want, (int, np.integer)):
+                    store_sel[axis] = int(pos[want])
+                    continue
+                p = pos[want[0]:want[1]] if want is not None else pos
+                lo, hi = int(p.min()), int(p.max()) + 1
+                store_sel[axis] = slice(lo, hi)
+                kept.append((axis, None if np.array_equal(p, np.arange(lo, hi)) else p - lo))
+            jobs.append(self._arrays[name].getitem(tuple(store_sel)))
+            posts.append(kept)
+
+        async def fetch() -> list:
+            return await asyncio.gather(*jobs)
+
+        out = []
+        for raw, kept in zip(self._sync(fetch()), posts):
+            arr = np.asarray(raw)
+            order = sorted(a for a, _ in kept)  # the result's axes follow the store's order
+            for axis, take in kept:
+                if take is not None:
+                    arr = np.take(arr, take, axis=order.index(axis))
+            out.append(np.transpose(arr, [order.index(a) for a, _ in kept]))
+        return out
+
+
 class _DatasetReader:
     """Blocks of the canonical array of a CF Dataset, read from its source variables.
 
@@ -396,6 +572,7 @@ class _DatasetReader:
             step = max([c for c in on_disk if c] or [self.times.size])
             chunks = (step,) * (self.times.size // step) + ((self.times.size % step,) if self.times.size % step else ())
         self.chunks = tuple(int(c) for c in chunks)
+        self.direct = _ZarrDirect.attach(self.ds)
 
     def read(self, pos: tuple[int, ...], spans: Sequence[tuple[int, int]],
              chunks: Sequence[Sequence[int]]) -> list[tuple[np.ndarray, bool]]:
@@ -403,15 +580,24 @@ class _DatasetReader:
         import dask
 
         at = dict(zip(self.batch_dims, pos))
-        lazy = []
+        names, sels = [], []
         for lo, hi in spans:
-            for da in self.ds.data_vars.values():
+            for name, da in self.ds.data_vars.items():
                 sel = {d: i for d, i in at.items() if d in da.dims}
                 if "time" in da.dims:
-                    sel["time"] = slice(lo, hi)
-                lazy.append(da.isel(sel).variable)
-        data = dask.compute(*[v.data for v in lazy], scheduler=_scheduler("sync"))
-        loaded = iter(xr.DataArray(v.copy(data=d)) for v, d in zip(lazy, data))
+                    sel["time"] = (lo, hi)
+                names.append(str(name))
+                sels.append(sel)
+        if self.direct is not None:
+            data = self.direct.read(names, sels)
+            dims = [tuple(d for d in self.ds[n].dims if not isinstance(s.get(d), (int, np.integer)))
+                    for n, s in zip(names, sels)]
+            loaded = iter(xr.DataArray(xr.Variable(d, x)) for d, x in zip(dims, data))
+        else:
+            lazy = [self.ds[n].variable.isel({d: slice(*r) if isinstance(r, tuple) else r for d, r in s.items()})
+                    for n, s in zip(names, sels)]
+            data = dask.compute(*[v.data for v in lazy], scheduler=_scheduler("sync"))
+            loaded = iter(xr.DataArray(v.copy(data=d)) for v, d in zip(lazy, data))
         out = []
         for lo, hi in spans:
             src = {name: next(loaded) for name in self.ds.data_vars}
@@ -422,14 +608,14 @@ class _DatasetReader:
                 if kind == "constant" and "time" in x.dims:
                     x = x.isel(time=0)
                 if level_dim is not None:
-                    x = x.isel({level_dim: [i for _, i in items]})
+                    x = x.isel({level_dim: _as_slice([i for _, i in items])})
                 else:
                     x = x.isel(dict(sel)).expand_dims("_token")
                     level_dim = "_token"
                 x = x.transpose(*(["time"] if "time" in x.dims else []), level_dim, "lat", "lon").values
                 if scale != 1.0 or offset != 0.0:
                     x = x * scale + offset
-                block[:, [p for p, _ in items]] = x.astype(np.float32, copy=False)
+                block[:, _as_slice([p for p, _ in items])] = x.astype(np.float32, copy=False)
             block[:, self.lattitude] = self.lat[:, None]
             out.append((block, True))
         return out
@@ -473,8 +659,11 @@ class BatchLoader:
     buffer_size : int, optional
         Samples in the shuffle pool (default: one block, at least ``2 * batch_size``).
     prefetch : int
-        Batches prepared ahead by the background thread, which also reads the next block
-        in a helper thread (0: no threads).
+        Batches prepared ahead by the background thread, which also reads the next blocks
+        in helper threads (0: no threads).
+    readers : int, optional
+        Blocks read ahead at once, each in its own helper thread (decoding, unit conversion and
+        normalisation run in parallel). Default: half the CPU cores, 1 to 4.
     pin_memory : bool
         Pin batch tensors (for fast asynchronous copies to CUDA).
     cache_bytes : float
@@ -520,6 +709,7 @@ class BatchLoader:
         block_size: int | None = None,
         buffer_size: int | None = None,
         prefetch: int = 2,
+        readers: int | None = None,
         pin_memory: bool = False,
         cache_bytes: float = 1e9,
         variables: Sequence[str] | Mapping[str, Sequence[str]] | None = None,
@@ -532,6 +722,9 @@ class BatchLoader:
             raise DataError(f"batch_size must be >= 1; got {batch_size}")
         self.batch_size = int(batch_size)
         self.shuffle, self.seed, self.prefetch, self.pin_memory = shuffle, int(seed), int(prefetch), pin_memory
+        if readers is not None and int(readers) < 1:
+            raise DataError(f"readers must be >= 1; got {readers}")
+        self.readers = int(readers) if readers else min(4, max(1, (os.cpu_count() or 2) // 2))
         self.cache_bytes = float(cache_bytes)
         self.sources: list[_Source] = []
         mapping = dict(extra_variables=extra_variables, variable_map=variable_map)
@@ -715,15 +908,17 @@ class BatchLoader:
                 if u not in unit_keys:
                     order.append(u)
                 unit_keys[u].update((key(u, i), key(u, j)))
+        order_pos = {u: n for n, u in enumerate(order)}
         cache: dict[tuple, np.ndarray] = {}
-        pending: dict[int, Any] = {}
+        pending: dict[int, tuple[Any, set]] = {}  # unit -> (future, chunks it reads)
+        inflight: set[tuple] = set()
         opened: set[int] = set()
-        pool = ThreadPoolExecutor(1, thread_name_prefix="xclimax-read") if self.prefetch > 0 else None
+        pool = ThreadPoolExecutor(self.readers, thread_name_prefix="xclimax-read") if self.prefetch > 0 else None
         ahead = 0  # position in ``order`` of the next unit to read ahead
 
-        def missing(ks: Any) -> dict[tuple[int, int], list[int]]:
+        def missing(ks: Any, skip: set = frozenset()) -> dict[tuple[int, int], list[int]]:
             groups: dict[tuple[int, int], list[int]] = defaultdict(list)
-            for s_no, series, c in sorted(k for k in ks if k not in cache and uses[k]):
+            for s_no, series, c in sorted(k for k in ks if k not in cache and uses[k] and k not in skip):
                 groups[s_no, series].append(c)
             return groups
 
@@ -733,19 +928,34 @@ class BatchLoader:
         def store(got: Mapping[tuple, np.ndarray]) -> None:
             cache.update({k: v for k, v in got.items() if uses[k] and k not in cache})
 
+        def resolve(u: int) -> None:
+            future, keys = pending.pop(u)
+            inflight.difference_update(keys)
+            store(future.result())
+
         try:
             for b, batch in enumerate(plan):
                 for u in dict.fromkeys(s[0] for s in batch):
-                    if u not in opened:  # a new block: all its chunks in one compute
+                    if u not in opened:  # a new block: all its chunks in one read
                         opened.add(u)
-                        store(pending.pop(u).result() if u in pending else read(missing(unit_keys[u])))
+                        for earlier in [p for p in pending if order_pos[p] < order_pos[u]]:
+                            resolve(earlier)  # (they hold chunks this block may need)
+                        if u in pending:
+                            resolve(u)
+                        else:
+                            store(read(missing(unit_keys[u])))
                 store(read(missing(needs[b])))  # chunks dropped from a full cache
-                if pool is not None:
-                    while ahead < len(order) and (order[ahead] in opened or order[ahead] in pending):
-                        ahead += 1
-                    if ahead < len(order) and not pending:
+                if pool is not None:  # keep ``readers`` blocks being read ahead
+                    while len(pending) < self.readers:
+                        while ahead < len(order) and (order[ahead] in opened or order[ahead] in pending):
+                            ahead += 1
+                        if ahead == len(order):
+                            break
                         u = order[ahead]
-                        pending[u] = pool.submit(read, missing(unit_keys[u]))
+                        groups = missing(unit_keys[u], inflight)
+                        keys = {(s_, r_, c_) for (s_, r_), cs in groups.items() for c_ in cs}
+                        inflight.update(keys)
+                        pending[u] = (pool.submit(read, groups), keys)
                 yield self._assemble(batch, cache, key, torch)
                 for k in needs[b]:
                     uses[k].popleft()
@@ -792,36 +1002,42 @@ class BatchLoader:
 
 
 class _Prefetcher:
-    """Run a generator in a daemon thread, ``depth`` items ahead; errors are re-raised in the consumer."""
+    """Run a generator in a daemon thread, ``depth`` items ahead; errors are re-raised in the consumer.
+
+    The thread holds no reference to this object, so a consumer that stops early (``break``)
+    and drops it stops the thread too (``__del__``).
+    """
 
     _DONE = object()
 
     def __init__(self, gen: Iterator, depth: int) -> None:
         self._queue: queue.Queue = queue.Queue(maxsize=depth)
         self._stop = threading.Event()
-        self._gen = gen
-        self._thread = threading.Thread(target=self._run, daemon=True, name="xclimax-prefetch")
+        self._thread = threading.Thread(target=self._run, args=(gen, self._queue, self._stop), daemon=True,
+                                        name="xclimax-prefetch")
         self._thread.start()
 
-    def _put(self, item: Any) -> bool:
-        while not self._stop.is_set():
+    @staticmethod
+    def _put(q: queue.Queue, stop: threading.Event, item: Any) -> bool:
+        while not stop.is_set():
             try:
-                self._queue.put(item, timeout=0.1)
+                q.put(item, timeout=0.1)
                 return True
             except queue.Full:
                 continue
         return False
 
-    def _run(self) -> None:
+    @classmethod
+    def _run(cls, gen: Iterator, q: queue.Queue, stop: threading.Event) -> None:
         try:
-            for item in self._gen:
-                if not self._put(item):
+            for item in gen:
+                if not cls._put(q, stop, item):
                     return
-            self._put(self._DONE)
+            cls._put(q, stop, cls._DONE)
         except BaseException as err:  # forwarded to the consumer
-            self._put(err)
+            cls._put(q, stop, err)
         finally:
-            close = getattr(self._gen, "close", None)
+            close = getattr(gen, "close", None)
             if close is not None:
                 close()  # runs the generator's cleanup (its reader thread) in this thread
 
@@ -841,4 +1057,8 @@ class _Prefetcher:
     def close(self) -> None:
         """Stop the background thread."""
         self._stop.set()
-        self._thread.join(timeout=5)
+        if self._thread is not threading.current_thread():
+            self._thread.join(timeout=5)
+
+    def __del__(self) -> None:
+        self.close()

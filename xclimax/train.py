@@ -236,9 +236,11 @@ def _canonical(
 
     A dask-backed Dataset is fed as the grid-normalised Dataset: the loader's Dataset reader
     loads each source variable once per block (no per-read culling of the large ``to_array``
-    graph), and the canonical array stays lazy (statistics and checks only). Otherwise
-    ``to_array`` has already built the canonical array in memory (numpy data, or files opened
-    with ``chunks=None``), and slicing it is the cheapest read. Both feeds give identical batches.
+    graph; straight from the zarr store when it can, see ``batching._ZarrDirect``), and the
+    canonical array stays lazy (statistics and checks only). A Dataset opened without dask
+    (``chunks=None``) is fed the same way, its canonical array chunked by the on-disk time
+    chunks, so memory stays bounded. For in-memory data ``to_array`` has already built the
+    canonical array, and slicing it is the cheapest read. All feeds give identical batches.
     """
     if isinstance(ds, xr.DataArray):
         da = ds
@@ -258,6 +260,12 @@ def _canonical(
     found = _tokens.find_variables(norm, variables, extra_variables=extra_variables, variable_map=variable_map, strict=variables is not None)
     if not found:
         raise DataError(f"no ClimaX variable found in the Dataset (data variables: {list(ds.data_vars)})")
+    on_disk = [v for v in norm.data_vars.values() if v.chunks is None and not v.variable._in_memory]
+    if on_disk:  # opened lazily without dask (``chunks=None``): statistics by on-disk time chunks, bounded memory
+        step = max([v.encoding.get("preferred_chunks", {}).get("time") or 0 for v in on_disk] or [0]) or 16
+        da = _tokens.to_array(norm.chunk({"time": step}), list(found), extra_variables=extra_variables,
+                              variable_map=variable_map)
+        return da, norm
     da = _tokens.to_array(norm, list(found), extra_variables=extra_variables, variable_map=variable_map)
     return da, (norm if da.chunks is not None else da)
 
@@ -578,6 +586,27 @@ def _fit(
     bar = tqdm(total=total, initial=step, desc=desc, unit="step", disable=not OPTIONS["progress"])
     pending = 0
     running = None
+    # losses are read from the device in groups: a per-step read would make the GPU wait for Python each step
+    unsynced: list[tuple] = []
+    synced: list[tuple[int, float]] = []  # (step, loss) not yet passed to ``callback``
+    sync_every = 16 if device.type == "cuda" else 1
+
+    def flush() -> None:
+        nonlocal running
+        if not unsynced:
+            return
+        losses, per_vars = (torch.stack([u[k] for u in unsynced]).float().cpu().numpy() for k in (2, 3))  # one sync
+        for (n, ep, _, _, names), value, per in zip(unsynced, losses.tolist(), per_vars):
+            hist["loss"].append(value)
+            hist["epoch"].append(ep)
+            row = dict.fromkeys(outs, float("nan"))
+            row.update({v: float(x) for v, x in zip(names, per)})
+            hist["var_loss"].append([row[v] for v in outs])
+            running = value if running is None else 0.98 * running + 0.02 * value
+            synced.append((n, value))
+        bar.update(len(unsynced))
+        bar.set_postfix(loss=f"{running:.4g}")
+        unsynced.clear()
     try:
         while step < total:
             it = loader.epoch(epoch, start=position)
@@ -603,21 +632,19 @@ def _fit(
                     hist["lr"].append(float(scheduler.get_last_lr()[0]))
                     scheduler.step()
                     step += 1
-                    value = float(loss.detach())
-                    hist["loss"].append(value)
-                    hist["epoch"].append(epoch)
-                    row = dict.fromkeys(outs, float("nan"))
-                    row.update({v: float(x) for v, x in zip(batch.out_variables, per_var.detach())})
-                    hist["var_loss"].append([row[v] for v in outs])
-                    running = value if running is None else 0.98 * running + 0.02 * value
-                    bar.update(1)
-                    bar.set_postfix(loss=f"{running:.4g}")
-                    if val_every and step % val_every == 0:
+                    unsynced.append((step, epoch, loss.detach(), per_var.detach(), batch.out_variables))
+                    checkpoint_now = step % every == 0 and step < total
+                    validate_now = bool(val_every) and step % val_every == 0
+                    if len(unsynced) >= sync_every or validate_now or checkpoint_now or step >= total:
+                        flush()
+                    if validate_now:
                         validate()
-                    if step % every == 0 and step < total:
+                    if checkpoint_now:
                         save()
-                    if callback is not None:
-                        callback(step, value)
+                    for n, value in synced:
+                        if callback is not None:
+                            callback(n, value)
+                    synced.clear()
                     if step >= total:
                         break
                 else:
@@ -805,6 +832,8 @@ def pretrain(
         :class:`~xclimax.batching.BatchLoader` settings.
     callback : callable, optional
         ``callback(step, loss)`` after each optimiser step (and after any checkpoint of that step).
+        On CUDA the losses are read from the GPU every 16 steps (so that the GPU never waits for
+        Python), and the callbacks of those steps are called then, in order.
 
     Returns
     -------
