@@ -372,3 +372,20 @@ def test_scalar_pressure_coordinate_after_sel(style, backend):
     # a user who knows better maps it explicitly
     got = to_array(alone, ["2m_temperature"], variable_map={"2m_temperature": src})
     np.testing.assert_array_equal(got.values[:, 0], full[src].sel({lev: value}).values)
+
+
+def test_from_array_with_variables_on_different_levels_keeps_every_level(backend):
+    """geopotential_500 + temperature_850: one level coordinate (the union), NaN where a variable has no level."""
+    from tests import as_backend
+    from xclimax.testing import synthetic_dataset
+    from xclimax.tokens import from_array, to_array
+
+    ds = as_backend(synthetic_dataset(3, variables=["temperature", "geopotential"], grid=(4, 8), levels=(500, 850)),
+                    backend)
+    out = from_array(to_array(ds, ["geopotential_500", "temperature_850"]))
+    assert out["level"].values.tolist() == [500, 850]
+    np.testing.assert_array_equal(out["temperature"].sel(level=850).values, ds["temperature"].sel(level=850).values)
+    np.testing.assert_array_equal(out["geopotential"].sel(level=500).values, ds["geopotential"].sel(level=500).values)
+    assert np.isnan(out["temperature"].sel(level=500).values).all()
+    assert np.isnan(out["geopotential"].sel(level=850).values).all()
+    assert out["level"].attrs["units"] == "hPa"

@@ -665,7 +665,9 @@ def from_array(
     """Split a ``variable`` dimension back into a CF-annotated Dataset (inverse of :func:`to_array`).
 
     Pressure-level variables (``temperature_500``, ``temperature_850``, ...) are grouped on a
-    level dimension, by default ``level`` in hPa. With ``like`` (the user's input Dataset), the
+    level dimension, by default ``level`` in hPa, shared by all of them: variables on different
+    levels (``geopotential_500``, ``temperature_850``) get the union of the levels, with NaN
+    where a variable has none (an outer join, as :func:`xarray.merge`). With ``like`` (the user's input Dataset), the
     vertical coordinate reuses its name, units and order (e.g. ``plev`` in Pa) and the data
     variables reuse its names where it had them (``z``, ``t2m``, ``ta``, ...).
     Other dims (batch, ``time``, ``lead_time``) pass through untouched.
@@ -763,6 +765,7 @@ def from_array(
     for n in singles:
         var, x = name_and_convert(n, n, da.sel(variable=n, drop=True))
         out[var] = x
+    on_levels: dict[str, xr.DataArray] = {}
     for base, items in groups.items():
         items.sort(reverse=level_desc)
         levels = np.array([lev for lev, _ in items]) * level_factor
@@ -782,7 +785,16 @@ def from_array(
             x.attrs = attrs_for(items[0][1], base)
         else:
             var, x = name_and_convert(items[0][1], base, stacked)
-        out[var] = x
+        on_levels[var] = x
+    if on_levels:  # one level coordinate for all: the union, NaN where a variable lacks a level (outer join)
+        union = sorted({v for x in on_levels.values() for v in x[level_name].values.tolist()}, reverse=level_desc)
+        ragged = [var for var, x in on_levels.items() if x.sizes[level_name] != len(union)]
+        if ragged:
+            logger.info("variables %s lack some of the levels %s: filled with NaN", ragged, union)
+        for var, x in on_levels.items():
+            if var in ragged:
+                x = x.reindex({level_name: np.asarray(union, dtype=x[level_name].dtype)})
+            out[var] = x.assign_coords({level_name: x[level_name].assign_attrs(level_attrs)})
     for c in ("lat", "lon"):
         if c in out.coords and not out[c].attrs:
             out[c].attrs = {"lat": {"standard_name": "latitude", "units": "degrees_north", "axis": "Y"},
