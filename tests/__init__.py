@@ -33,3 +33,18 @@ requires_cuda = pytest.mark.skipif(
 def as_backend(ds, backend: str):
     """Return ``ds`` as is (``"numpy"``) or chunked along time (``"dask"``)."""
     return ds.chunk({"time": 2}) if backend == "dask" else ds
+
+
+def record_loaders(monkeypatch) -> list:
+    """Make ``xclimax.train`` build BatchLoaders that are also appended to the returned list."""
+    import xclimax.train as train_mod
+
+    made: list = []
+
+    class Recording(train_mod.BatchLoader):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            made.append(self)
+
+    monkeypatch.setattr(train_mod, "BatchLoader", Recording)
+    return made

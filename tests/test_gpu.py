@@ -11,7 +11,7 @@ import torch
 import xarray as xr
 
 import xclimax
-from tests import requires_cuda
+from tests import record_loaders, requires_cuda
 from xclimax import ClimaX
 from xclimax.batching import BatchLoader
 from xclimax.testing import synthetic_dataset
@@ -77,16 +77,7 @@ def test_mixed_precision_training_on_cuda(precision, monkeypatch):
 
 
 def test_training_batches_are_pinned_on_cuda(monkeypatch):
-    import xclimax.train as train_mod
-
-    made = []
-
-    class Recording(train_mod.BatchLoader):
-        def __init__(self, *args, **kwargs):
-            super().__init__(*args, **kwargs)
-            made.append(self)
-
-    monkeypatch.setattr(train_mod, "BatchLoader", Recording)
+    made = record_loaders(monkeypatch)
     xclimax.pretrain(_ds(), lead_times="6h", batch_size=4, max_steps=2, model_kwargs=TINY, device="cuda")
     assert made and made[0].pin_memory
     batch = next(iter(made[0].epoch(0)))

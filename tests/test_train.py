@@ -15,7 +15,7 @@ import torch
 import xarray as xr
 
 import xclimax
-from tests import as_backend
+from tests import as_backend, record_loaders
 from xclimax.exceptions import DataError, XClimaxWarning
 from xclimax.model import ClimaX
 from xclimax.testing import grid_coords, synthetic_dataset
@@ -138,17 +138,9 @@ def test_pretrain_heterogeneous_sources_pooled_stats(backend):
 def test_dataset_and_its_canonical_array_train_identically(backend, monkeypatch):
     """Dask-backed Datasets go to the loader's Dataset reader, DataArrays (and in-memory Datasets, whose canonical
     array to_array has already built) to its array reader: same batches, same weights."""
-    import xclimax.train as train_mod
     from xclimax import grid, tokens
 
-    made = []
-
-    class Recording(train_mod.BatchLoader):
-        def __init__(self, *args, **kwargs):
-            super().__init__(*args, **kwargs)
-            made.append(self)
-
-    monkeypatch.setattr(train_mod, "BatchLoader", Recording)
+    made = record_loaders(monkeypatch)
     ds = _ds(20, ("2m_temperature", "temperature"), levels=[850], seed=4).isel(lat=slice(None, None, -1))
     # a variable outside the 48, under a name that only variable_map resolves
     ds["pmsl"] = (1013.25 + 0.3 * (ds["2m_temperature"] - 285.0)).assign_attrs(units="hPa")
@@ -182,16 +174,7 @@ def test_dataset_and_its_canonical_array_train_identically(backend, monkeypatch)
 def test_zarr_stores_train_like_memory_without_loading_the_store(tmp_path, monkeypatch):
     """``open_zarr`` data (dask or ``chunks=None``) are fed as Datasets, read straight from the store (nothing
     loaded whole, no dask compute by the loader), and give the weights of the same data in memory."""
-    import xclimax.train as train_mod
-
-    made = []
-
-    class Recording(train_mod.BatchLoader):
-        def __init__(self, *args, **kwargs):
-            super().__init__(*args, **kwargs)
-            made.append(self)
-
-    monkeypatch.setattr(train_mod, "BatchLoader", Recording)
+    made = record_loaders(monkeypatch)
     path = tmp_path / "train.zarr"
     _ds(20, ("2m_temperature", "temperature"), levels=[850], seed=4).chunk({"time": 8}).to_zarr(path)
     kw = dict(lead_times=("6h", "12h"), batch_size=4, max_steps=4, model_kwargs=TINY, val=0.25, seed=3, prefetch=0)
