@@ -401,7 +401,7 @@ class _ZarrDirect:
     in parallel on all cores; zarr's global configuration is left as it is.
     """
 
-    def __init__(self, sync: Any, arrays: dict[str, Any], maps: dict[str, list[Any]]) -> None:
+    def __init__(self, sync: Any, arrays: dict[str, Any], maps: dict[str, tuple[tuple, list[Any]]]) -> None:
         self._sync, self._arrays, self._maps = sync, arrays, maps
 
     @classmethod
@@ -439,7 +439,7 @@ class _ZarrDirect:
                 sels = [{"time": (t, t + 1)} if "time" in ds[v].dims else {} for v in names]
                 for v, sel, got in zip(names, sels, direct.read(names, sels)):
                     ref = ds[v].variable.isel({d: slice(*r) for d, r in sel.items()}).values
-                    if not np.array_equal(got, ref, equal_nan=True):
+                    if not np.array_equal(got.values, ref, equal_nan=True):
                         logger.debug("zarr direct reads off: %r differs from xarray's values", v)
                         return None
         except Exception as err:
@@ -477,8 +477,8 @@ class _ZarrDirect:
             out.append((axis, pos))
         return out
 
-    def read(self, names: Sequence[str], selections: Sequence[Mapping[str, Any]]) -> list[np.ndarray]:
-        """Arrays of the Dataset variables ``names[i]`` at ``selections[i]``, dims in the Dataset's order.
+    def read(self, names: Sequence[str], selections: Sequence[Mapping[str, Any]]) -> list[xr.Variable]:
+        """The Dataset variables ``names[i]`` at ``selections[i]``, dims in the Dataset's order.
 
         A selection maps a dimension to an integer (dropped) or a ``(lo, hi)`` range of the
         Dataset's positions; other dimensions are read whole. One ``asyncio.gather`` for all.
@@ -490,29 +490,31 @@ class _ZarrDirect:
             dims, axes = self._maps[name]
             store_sel: list[Any] = [slice(None)] * len(axes)
             kept: list[tuple[int, Any]] = []  # (store axis, positions to take or None) per kept dim
+            names_kept = []
             for dim, (axis, pos) in zip(dims, axes):
                 want = sel.get(dim)
                 if isinstance(want, (int, np.integer)):
                     store_sel[axis] = int(pos[want])
                     continue
+                names_kept.append(dim)
                 p = pos[want[0]:want[1]] if want is not None else pos
                 lo, hi = int(p.min()), int(p.max()) + 1
                 store_sel[axis] = slice(lo, hi)
                 kept.append((axis, None if np.array_equal(p, np.arange(lo, hi)) else p - lo))
             jobs.append(self._arrays[name].getitem(tuple(store_sel)))
-            posts.append(kept)
+            posts.append((names_kept, kept))
 
         async def fetch() -> list:
             return await asyncio.gather(*jobs)
 
         out = []
-        for raw, kept in zip(self._sync(fetch()), posts):
+        for raw, (dims_kept, kept) in zip(self._sync(fetch()), posts):
             arr = np.asarray(raw)
             order = sorted(a for a, _ in kept)  # the result's axes follow the store's order
             for axis, take in kept:
                 if take is not None:
                     arr = np.take(arr, take, axis=order.index(axis))
-            out.append(np.transpose(arr, [order.index(a) for a, _ in kept]))
+            out.append(xr.Variable(dims_kept, np.transpose(arr, [order.index(a) for a, _ in kept])))
         return out
 
 
@@ -589,10 +591,7 @@ class _DatasetReader:
                 names.append(str(name))
                 sels.append(sel)
         if self.direct is not None:
-            data = self.direct.read(names, sels)
-            dims = [tuple(d for d in self.ds[n].dims if not isinstance(s.get(d), (int, np.integer)))
-                    for n, s in zip(names, sels)]
-            loaded = iter(xr.DataArray(xr.Variable(d, x)) for d, x in zip(dims, data))
+            loaded = iter(xr.DataArray(v) for v in self.direct.read(names, sels))
         else:
             lazy = [self.ds[n].variable.isel({d: slice(*r) if isinstance(r, tuple) else r for d, r in s.items()})
                     for n, s in zip(names, sels)]

@@ -641,8 +641,8 @@ def _fit(
                         validate()
                     if checkpoint_now:
                         save()
-                    for n, value in synced:
-                        if callback is not None:
+                    if callback is not None:
+                        for n, value in synced:
                             callback(n, value)
                     synced.clear()
                     if step >= total:
