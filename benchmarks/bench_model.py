@@ -27,7 +27,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "scripts"))
-from xclimax.model import ClimaX  # noqa: E402
+from xclimax.nn.model import ClimaX  # noqa: E402
 from xclimax.vocab import CLIMAX_VARIABLES  # noqa: E402
 
 CONFIGS = {

@@ -70,7 +70,7 @@ def bench_xbatcher(da: xr.DataArray, n_batches: int, batch: int = 16, workers: i
 
 
 def bench_xclimax(data: xr.DataArray | xr.Dataset, n_batches: int, batch: int = 16, **kwargs) -> float:
-    from xclimax.batching import BatchLoader
+    from xclimax.loading import BatchLoader
     from xclimax.vocab import CLIMAX_VARIABLES
 
     stats = {v: (0.0, 1.0) for v in CLIMAX_VARIABLES}
@@ -89,7 +89,7 @@ def bench_xclimax(data: xr.DataArray | xr.Dataset, n_batches: int, batch: int = 
 
 
 def bench_model(n_vars: int, device: str, steps: int, batch: int = 16) -> float:
-    from xclimax.model import ClimaX
+    from xclimax.nn.model import ClimaX
     from xclimax.train import DEFAULT_MODEL, configure_optimizer
     from xclimax.vocab import CLIMAX_VARIABLES
 

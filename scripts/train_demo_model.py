@@ -24,7 +24,7 @@ import torch
 
 import xclimax
 from xclimax import tutorial
-from xclimax.checkpoint import save_checkpoint
+from xclimax.nn.checkpoint import save_checkpoint
 
 log = logging.getLogger("train_demo_model")
 ARCH = dict(patch_size=2, embed_dim=128, depth=3, decoder_depth=2, num_heads=4, mlp_ratio=4.0, drop_path=0.0, drop_rate=0.0)

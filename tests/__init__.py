@@ -36,8 +36,8 @@ def as_backend(ds, backend: str):
 
 
 def record_loaders(monkeypatch) -> list:
-    """Make ``xclimax.train`` build BatchLoaders that are also appended to the returned list."""
-    import xclimax.train as train_mod
+    """Make the forecast task build BatchLoaders that are also appended to the returned list."""
+    import xclimax.tasks.forecast as train_mod
 
     made: list = []
 

@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from xclimax.atmosphere import (
+from xclimax.demo.atmosphere import (
     EARTH_RADIUS,
     OMEGA,
     R_DRY,

@@ -8,9 +8,9 @@ import pytest
 import xarray as xr
 
 from tests import as_backend, raise_if_dask_computes
-from xclimax.baselines import as_lead_times, climatology, climatology_forecast, persistence
 from xclimax.exceptions import DataError
-from xclimax.metrics import evaluate
+from xclimax.scoring.baselines import as_lead_times, climatology, climatology_forecast, persistence
+from xclimax.scoring.metrics import evaluate
 from xclimax.testing import synthetic_dataset
 
 

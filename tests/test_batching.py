@@ -8,8 +8,8 @@ import pytest
 import xarray as xr
 
 from tests import as_backend, raise_if_dask_computes
-from xclimax.batching import BatchLoader, lead_choices, sample_index, split_times, time_step
 from xclimax.exceptions import DataError
+from xclimax.loading import BatchLoader, lead_choices, sample_index, split_times, time_step
 
 H6 = np.timedelta64(6, "h")
 

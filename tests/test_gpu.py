@@ -13,10 +13,10 @@ import xarray as xr
 import xclimax
 from tests import record_loaders, requires_cuda
 from xclimax import ClimaX
-from xclimax.batching import BatchLoader
+from xclimax.loading import BatchLoader
 from xclimax.testing import synthetic_dataset
 
-pytestmark = requires_cuda
+pytestmark = [requires_cuda, pytest.mark.gpu]
 
 TINY = dict(embed_dim=64, depth=2, decoder_depth=1, num_heads=4, drop_path=0.0, drop_rate=0.0)
 

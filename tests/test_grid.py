@@ -7,8 +7,8 @@ import pytest
 import xarray as xr
 
 from tests import as_backend, raise_if_dask_computes
+from xclimax.cf.grid import GridInfo, check_grid, model_grid, normalize_grid, regrid, restore_grid
 from xclimax.exceptions import GridError
-from xclimax.grid import GridInfo, check_grid, model_grid, normalize_grid, regrid, restore_grid
 from xclimax.testing import grid_coords, synthetic_dataset
 
 

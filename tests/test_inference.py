@@ -12,8 +12,8 @@ import xarray as xr
 
 import xclimax
 from tests import as_backend, raise_if_dask_computes
+from xclimax.cf.stats import stats_to_dict
 from xclimax.exceptions import CFMappingError, DataError, GridError, XClimaxWarning
-from xclimax.normalize import stats_to_dict
 from xclimax.testing import synthetic_dataset
 
 SURFACE = ["2m_temperature", "10m_u_component_of_wind", "10m_v_component_of_wind"]
@@ -211,7 +211,7 @@ def test_accessor_parity(ds):
 
 def test_distributed_model_loaded_once_per_worker(ds):
     distributed = pytest.importorskip("distributed")
-    from xclimax.inference import _ModelHandle
+    from xclimax.tasks._run import _ModelHandle
 
     model = _model(ds)
     eager = xclimax.forecast(ds, model, lead_time="6h")

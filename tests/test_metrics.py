@@ -11,7 +11,7 @@ import xarray as xr
 
 from tests import as_backend, raise_if_dask_computes
 from xclimax.exceptions import DataError, GridError, XClimaxWarning
-from xclimax.metrics import evaluate, lat_weights
+from xclimax.scoring.metrics import evaluate, lat_weights
 from xclimax.testing import grid_coords
 
 LEADS = pd.to_timedelta(["6h", "12h", "24h"]).values

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from xclimax.exceptions import GridError, XClimaxError
-from xclimax.model import ClimaX
+from xclimax.nn.model import ClimaX
 from xclimax.vocab import CLIMAX_VARIABLES
 
 GOLDEN = Path(__file__).parent / "data" / "golden_small"

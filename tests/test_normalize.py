@@ -8,10 +8,10 @@ import pytest
 import xarray as xr
 
 from tests import as_backend, raise_if_dask_computes
+from xclimax.cf.stats import compute_stats, denormalize, normalize, stats_from_dict, stats_to_dict
+from xclimax.cf.tokens import to_array
 from xclimax.exceptions import DataError, XClimaxWarning
-from xclimax.normalize import compute_stats, denormalize, normalize, stats_from_dict, stats_to_dict
 from xclimax.testing import synthetic_dataset
-from xclimax.tokens import to_array
 
 NAMES = ["land_sea_mask", "orography", "lattitude", "2m_temperature", "geopotential_500", "temperature_850"]
 

@@ -16,8 +16,8 @@ from matplotlib.collections import QuadMesh  # noqa: E402
 
 from tests import as_backend  # noqa: E402
 from xclimax import plot  # noqa: E402
-from xclimax.baselines import persistence  # noqa: E402
 from xclimax.exceptions import DataError  # noqa: E402
+from xclimax.scoring.baselines import persistence  # noqa: E402
 from xclimax.testing import synthetic_dataset  # noqa: E402
 
 

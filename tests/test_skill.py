@@ -35,6 +35,8 @@ RECIPE = {
     "24h": dict(max_steps=20, batch_size=4, lr=3e-4, warmup_steps=5),
 }
 
+pytestmark = pytest.mark.slow  # ~50 s: fine-tunes the demo model for two leads
+
 
 @pytest.fixture(scope="module")
 def demo():

@@ -12,9 +12,10 @@ import xarray as xr
 import xclimax
 from tests import as_backend, raise_if_dask_computes
 from xclimax import vocab
+from xclimax.cf.report import CheckReport, check
+from xclimax.cf.tokens import find_variables, from_array, mapping, to_array
 from xclimax.exceptions import CFMappingError, DataError
 from xclimax.testing import synthetic_dataset
-from xclimax.tokens import CheckReport, check, find_variables, from_array, mapping, to_array
 
 GRID = (4, 8)
 SOME = ["land_sea_mask", "orography", "lattitude", "2m_temperature", "geopotential_500", "temperature_850",
@@ -377,8 +378,8 @@ def test_scalar_pressure_coordinate_after_sel(style, backend):
 def test_from_array_with_variables_on_different_levels_keeps_every_level(backend):
     """geopotential_500 + temperature_850: one level coordinate (the union), NaN where a variable has no level."""
     from tests import as_backend
+    from xclimax.cf.tokens import from_array, to_array
     from xclimax.testing import synthetic_dataset
-    from xclimax.tokens import from_array, to_array
 
     ds = as_backend(synthetic_dataset(3, variables=["temperature", "geopotential"], grid=(4, 8), levels=(500, 850)),
                     backend)

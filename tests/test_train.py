@@ -16,18 +16,12 @@ import xarray as xr
 
 import xclimax
 from tests import as_backend, record_loaders
+from xclimax import finetune, pretrain
 from xclimax.exceptions import DataError, XClimaxWarning
-from xclimax.model import ClimaX
+from xclimax.nn.model import ClimaX
 from xclimax.testing import grid_coords, synthetic_dataset
-from xclimax.train import (
-    LinearWarmupCosine,
-    _Scores,
-    _weighted_sq_error,
-    configure_optimizer,
-    finetune,
-    pretrain,
-    region_mask,
-)
+from xclimax.training import LinearWarmupCosine, configure_optimizer, region_mask
+from xclimax.training.fit import ValidationScores, weighted_sq_error
 
 
 @pytest.fixture(autouse=True)
@@ -78,11 +72,11 @@ def test_weighted_loss_and_scores_against_direct_formulas():
     mask = np.zeros((8, 16), bool)
     mask[2:6, 4:10] = True
     wmap = torch.tensor(w[:, None] * mask, dtype=torch.float32)
-    got = _weighted_sq_error(torch.tensor(pred), torch.tensor(y, dtype=torch.float32), wmap)
+    got = weighted_sq_error(torch.tensor(pred), torch.tensor(y, dtype=torch.float32), wmap)
     want = [(w[:, None] * (pred[:, v] - y[:, v]) ** 2)[:, mask].sum() / (5 * mask.sum()) for v in range(3)]
     np.testing.assert_allclose(got.numpy(), want, rtol=1e-5)
 
-    scores = _Scores(torch.tensor(w)[:, None], torch.tensor(mask))
+    scores = ValidationScores(torch.tensor(w)[:, None], torch.tensor(mask))
     for k in range(0, 5, 2):  # several batches
         scores.add("a", torch.tensor(pred[k : k + 2, 0]), torch.tensor(y[k : k + 2, 0]))
     rmse, acc = scores.result()["a"]
@@ -156,8 +150,8 @@ def test_dataset_and_its_canonical_array_train_identically(backend, monkeypatch)
              finetune(da, base, outputs=["mean_sea_level_pressure"], lead_time="12h", batch_size=4, max_steps=3, seed=1,
                       val=0.25, prefetch=0)]
     kinds = [type(loader.sources[0].reader).__name__ for loader in made]
-    fed = "_DatasetReader" if backend == "dask" else "_ArrayReader"
-    assert kinds == [fed] * 2 + ["_ArrayReader"] * 2 + [fed] * 2 + ["_ArrayReader"] * 2
+    fed = "DatasetReader" if backend == "dask" else "ArrayReader"
+    assert kinds == [fed] * 2 + ["ArrayReader"] * 2 + [fed] * 2 + ["ArrayReader"] * 2
     assert base.variables == ("lattitude", "2m_temperature", "temperature_850", "mean_sea_level_pressure")
     for (m1, h1), (m2, h2) in (runs[:2], runs[2:]):
         for k, v in m1.state_dict().items():
@@ -184,7 +178,7 @@ def test_zarr_stores_train_like_memory_without_loading_the_store(tmp_path, monke
         ds = xr.open_zarr(path, chunks=chunks)
         model, _ = pretrain(ds, **kw)
         assert all(not v.variable._in_memory for v in ds.data_vars.values())  # the user's Dataset stays lazy
-        assert [type(m.sources[0].reader.direct).__name__ for m in made[-2:]] == ["_ZarrDirect"] * 2
+        assert [type(m.sources[0].reader.direct).__name__ for m in made[-2:]] == ["ZarrDirect"] * 2
         for k, v in ref.state_dict().items():
             assert torch.equal(v, model.state_dict()[k]), k
 

@@ -10,8 +10,8 @@ import pytest
 
 import xclimax
 from xclimax import tutorial
+from xclimax.cf.tokens import find_variables, to_array
 from xclimax.exceptions import DataError
-from xclimax.tokens import find_variables, to_array
 from xclimax.vocab import VARIABLES
 
 #: The ClimaX variables the demo dataset maps to: 5 fields x 3 levels, 3 surface fields, 2 constants.

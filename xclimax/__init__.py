@@ -2,12 +2,25 @@
 
 ``import xclimax`` registers the ``ds.climax`` Dataset accessor. Heavy modules
 (torch, the model) are imported lazily on first use.
+
+The package is layered; imports only go down (checked by import-linter, see ``setup.cfg``)::
+
+    accessor, __main__                    ds.climax.*, the demo command
+    api                                   forecast, downscale, pretrain, finetune
+    tasks/      demo/                     one Task per task; the demo atmosphere and tutorial data
+    training/                             TrainConfig, optimiser, resumable state, the fit loop
+    scoring/                              metrics, baselines, plots
+    loading/                              sample index, readers, the zarr fast path, the loader
+    cf/                                   variables, units, grids, time axes, statistics (xarray)
+    nn/                                   the ClimaX network and checkpoints (torch only)
+    vocab, exceptions, options, _utils
 """
 
 from __future__ import annotations
 
 import importlib
 import logging
+import sys
 from typing import Any
 
 from . import accessor  # noqa: F401  (registers ds.climax)
@@ -18,31 +31,37 @@ from .vocab import CLIMAX_VARIABLES, FORECAST_VARIABLES
 
 logging.getLogger(__name__).addHandler(logging.NullHandler())
 
-# public name -> module that defines it (imported on first access)
+# public name -> "module:attribute" (imported on first access)
 _LAZY = {
-    "ClimaX": "model",
-    "load_checkpoint": "checkpoint",
-    "save_checkpoint": "checkpoint",
-    "remap_variables": "checkpoint",
-    "compute_stats": "normalize",
-    "forecast": "inference",
-    "downscale": "inference",
-    "pretrain": "train",
-    "finetune": "train",
-    "evaluate": "metrics",
-    "tutorial": None,
-    "tokens": None,
-    "grid": None,
-    "normalize": None,
-    "checkpoint": None,
-    "inference": None,
-    "metrics": None,
-    "batching": None,
-    "atmosphere": None,
-    "vocab": None,
-    "baselines": None,
-    "plot": None,
-    "testing": None,
+    "ClimaX": "nn.model:ClimaX",
+    "load_checkpoint": "nn.checkpoint:load_checkpoint",
+    "save_checkpoint": "nn.checkpoint:save_checkpoint",
+    "remap_variables": "nn.checkpoint:remap_variables",
+    "compute_stats": "cf.stats:compute_stats",
+    "forecast": "api:forecast",
+    "downscale": "api:downscale",
+    "pretrain": "api:pretrain",
+    "finetune": "api:finetune",
+    "evaluate": "scoring.metrics:evaluate",
+    "TrainConfig": "training.config:TrainConfig",
+}
+
+# public module names -> where they live
+_MODULES = {
+    "tutorial": "demo.tutorial",
+    "atmosphere": "demo.atmosphere",
+    "tokens": "cf.tokens",
+    "grid": "cf.grid",
+    "normalize": "cf.stats",
+    "checkpoint": "nn.checkpoint",
+    "metrics": "scoring.metrics",
+    "baselines": "scoring.baselines",
+    "plot": "scoring.plot",
+    "tasks": "tasks",
+    "training": "training",
+    "loading": "loading",
+    "vocab": "vocab",
+    "testing": "testing",
 }
 
 __all__ = [
@@ -58,17 +77,20 @@ __all__ = [
     "CLIMAX_VARIABLES",
     "FORECAST_VARIABLES",
     *_LAZY,
+    *_MODULES,
 ]
 
 
 def __getattr__(name: str) -> Any:
     if name in _LAZY:
-        module = _LAZY[name]
-        if module is None:
-            return importlib.import_module(f".{name}", __name__)
-        return getattr(importlib.import_module(f".{module}", __name__), name)
+        module, attr = _LAZY[name].split(":")
+        return getattr(importlib.import_module(f".{module}", __name__), attr)
+    if name in _MODULES:
+        module = importlib.import_module(f".{_MODULES[name]}", __name__)
+        sys.modules.setdefault(f"{__name__}.{name}", module)  # ``import xclimax.tutorial`` after first use
+        return module
     raise AttributeError(f"module 'xclimax' has no attribute {name!r}")
 
 
 def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_LAZY))
+    return sorted(set(globals()) | set(_LAZY) | set(_MODULES))

@@ -16,7 +16,7 @@ from pathlib import Path
 def _demo(args: argparse.Namespace) -> int:
     import xclimax
     from xclimax import baselines, plot, tutorial
-    from xclimax._utils import as_lead_times
+    from xclimax.cf.time import as_lead_times
 
     log = logging.getLogger("xclimax.demo")
     xclimax.set_options(progress=not args.no_progress)

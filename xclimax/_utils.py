@@ -2,47 +2,18 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+import os
+import tempfile
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
 
-import numpy as np
-import pandas as pd
 
-from .exceptions import DataError
 from .options import OPTIONS
 
-__all__ = ["as_lead_times", "resolve_device"]
-
-
-def as_lead_times(lead_time: Any) -> np.ndarray:
-    """Lead time(s) as a 1-D ``timedelta64[ns]`` array.
-
-    Strings (``"6h"``), ``numpy.timedelta64``, ``datetime.timedelta`` and pandas
-    ``Timedelta`` are accepted, alone or in a list; plain numbers are hours.
-
-    Examples
-    --------
-    >>> as_lead_times(["6h", 24]) / np.timedelta64(1, "h")
-    array([ 6., 24.])
-    """
-    values = [lead_time] if isinstance(lead_time, (str, int, float, np.timedelta64, pd.Timedelta)) or np.ndim(
-        lead_time
-    ) == 0 else list(lead_time)
-    out = []
-    for value in values:
-        if isinstance(value, (bool, np.bool_)):
-            raise DataError(f"lead_time must be a time span such as '6h'; got {value!r}")
-        if isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, np.timedelta64):
-            value = pd.Timedelta(hours=float(value))
-        try:
-            out.append(pd.Timedelta(value).to_timedelta64())
-        except (ValueError, TypeError) as err:
-            raise DataError(f"lead_time must be a time span such as '6h' or a number of hours; got {value!r}") from err
-    if not out:
-        raise DataError("lead_time is empty; give at least one lead time")
-    return np.asarray(out, dtype="timedelta64[ns]")
+__all__ = ["resolve_device", "atomic_write"]
 
 
 def resolve_device(device: Any = None) -> "torch.device":
@@ -59,3 +30,55 @@ def resolve_device(device: Any = None) -> "torch.device":
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     return torch.device(device)
+
+
+def _umask() -> int:
+    """The process umask, read without changing it (``os.umask`` would change it process-wide)."""
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except OSError:
+        pass
+    return 0o022
+
+
+def atomic_write(path: str | os.PathLike[str], write: Callable[[str], None]) -> Path:
+    """Write a file atomically: ``write(tmp)`` fills a temporary file beside ``path``, then it replaces ``path``.
+
+    Readers see the old file or the whole new one, never a partial file; on error the temporary
+    file is removed and ``path`` is untouched. The new file keeps the mode of the file it replaces
+    (or the umask's default), and it and its directory are synced to disk.
+
+    Examples
+    --------
+    >>> import tempfile, pathlib
+    >>> d = pathlib.Path(tempfile.mkdtemp())
+    >>> atomic_write(d / "a.txt", lambda tmp: pathlib.Path(tmp).write_text("hello")).read_text()
+    'hello'
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        with open(tmp, "rb+") as fh:
+            os.fsync(fh.fileno())
+        os.chmod(tmp, path.stat().st_mode & 0o777 if path.exists() else 0o666 & ~_umask())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    try:  # make the rename itself durable
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+    except OSError:
+        return path
+    try:
+        os.fsync(dir_fd)
+    except OSError:
+        pass
+    finally:
+        os.close(dir_fd)
+    return path

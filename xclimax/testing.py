@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
+from .cf.grid import grid_coords
 from .vocab import G0, PRESSURE_LEVELS
 
 __all__ = ["synthetic_dataset", "grid_coords"]
@@ -31,20 +32,6 @@ _SURFACE = {
     "10m_u_component_of_wind": ("10m_u_component_of_wind", "uas", "eastward_wind", "m s-1", 10.0, 1.0, 5.0),
     "10m_v_component_of_wind": ("10m_v_component_of_wind", "vas", "northward_wind", "m s-1", 10.0, 0.0, 4.0),
 }
-
-
-def grid_coords(nlat: int = 32, nlon: int = 64) -> tuple[np.ndarray, np.ndarray]:
-    """Latitudes (ascending, cell centres) and longitudes (0..360) of the ClimaX grid.
-
-    Examples
-    --------
-    >>> lat, lon = grid_coords(32, 64)
-    >>> float(lat[0]), float(lon[1])
-    (-87.1875, 5.625)
-    """
-    dlat = 180.0 / nlat
-    dlon = 360.0 / nlon
-    return -90 + dlat / 2 + dlat * np.arange(nlat), dlon * np.arange(nlon)
 
 
 def _wave(rng, t_hours, lat, lon, amplitude):

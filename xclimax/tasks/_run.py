@@ -1,6 +1,6 @@
-"""Forecasting with a ClimaX model on xarray Datasets.
+"""Running a ClimaX model over xarray Datasets: the inference engine shared by the tasks.
 
-``forecast`` maps CF variables to ClimaX tokens, normalises with the model's own
+:func:`run` maps CF variables to ClimaX tokens, normalises with the model's own
 statistics, runs the network batch by batch (eagerly with a progress bar, or lazily
 as one dask task per batch of initial times) and returns labelled, CF-annotated
 results with ``lead_time`` and ``valid_time`` coordinates.
@@ -21,33 +21,24 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
-from . import grid as _grid
-from . import tokens as _tokens
-from ._utils import as_lead_times, resolve_device
-from ._version import __version__
-from .exceptions import CFMappingError, DataError, GridError, XClimaxWarning
-from .options import OPTIONS
-from .vocab import VARIABLES, canonical_name
+from .._utils import resolve_device
+from .._version import __version__
+from ..cf import grid as _grid
+from ..cf import tokens as _tokens
+from ..exceptions import CFMappingError, DataError, GridError, XClimaxWarning
+from ..options import OPTIONS
+from ..vocab import VARIABLES, canonical_name
 
 if TYPE_CHECKING:  # pragma: no cover
-    import torch
 
-    from .model import ClimaX
+    from ..nn.model import ClimaX
 
-__all__ = ["forecast", "downscale", "resolve_device"]
+__all__ = ["run"]
 
 logger = logging.getLogger(__name__)
 
 
 # ----------------------------------------------------------------------------- helpers
-
-
-def _as_timedelta(value: Any, name: str = "lead_time") -> pd.Timedelta:
-    """One lead time as a Timedelta: strings like ``"24h"``, timedeltas, or numbers of hours."""
-    leads = as_lead_times(value)
-    if leads.size != 1:
-        raise DataError(f"{name} must be a single lead time per step; got {leads.size}: {value!r}")
-    return pd.Timedelta(leads[0])
 
 
 def _is_dynamic(name: str) -> bool:
@@ -91,7 +82,7 @@ def _rebuild_handle(token: str, payload: tuple, device: str) -> _ModelHandle:
         if model is None:
             from safetensors.torch import load
 
-            from .model import ClimaX
+            from ..nn.model import ClimaX
 
             blob, config, stats, metadata = payload
             model = ClimaX(**config)
@@ -101,6 +92,22 @@ def _rebuild_handle(token: str, payload: tuple, device: str) -> _ModelHandle:
             _ModelHandle._cache[token] = model
             logger.info("loaded model %s on this worker", token[:8])
     return _ModelHandle(model, device, token)
+
+
+def _on_device_for_inference(model: "ClimaX", device: Any) -> "ClimaX":
+    """The model on ``device`` in eval mode, leaving the caller's model where and as it was.
+
+    The caller's object is used as is when it already is on ``device`` in eval mode; otherwise a
+    copy is made (the caller's model keeps its device and train/eval mode).
+    """
+    import copy
+
+    param = next(model.parameters(), None)
+    here = param.device if param is not None else device
+    if here == device and not model.training:
+        return model
+    logger.debug("inference on a copy of the model (caller's model is on %s, training=%s)", here, model.training)
+    return copy.deepcopy(model).to(device).eval()
 
 
 def _run_blocks(
@@ -156,155 +163,22 @@ def _run_blocks(
     return out.reshape(lead_shape + out.shape[1:])
 
 
-# ----------------------------------------------------------------------------- forecast
-
-
-def forecast(
+def run(
     ds: xr.Dataset,
     model: "ClimaX",
     *,
-    lead_time: Any,
-    steps: int = 1,
+    lead: pd.Timedelta,
+    steps: int,
     regrid: str | None = None,
     batch_size: int | None = None,
     device: Any = None,
     variables: Sequence[str] | None = None,
     extra_variables: Any = None,
     variable_map: dict[str, str] | None = None,
-) -> xr.Dataset:
-    """Forecast with a ClimaX model from every initial time of ``ds``.
-
-    Parameters
-    ----------
-    ds : xarray.Dataset
-        Initial conditions with a ``time`` dimension and CF-annotated variables (found by
-        ``standard_name``, units and vertical coordinate; see :func:`xclimax.tokens.find_variables`).
-        Extra dimensions such as ``member`` are kept. Latitude may be in either order and
-        longitude in -180..180 or 0..360; results come back in the same conventions.
-    model : xclimax.ClimaX
-        The network, carrying its normalisation statistics in ``model.stats``.
-    lead_time : str or timedelta
-        Lead time of one model step, e.g. ``"24h"``.
-    steps : int, default 1
-        Number of autoregressive steps; the output has lead times ``lead_time * (1..steps)``.
-        Needs a model whose outputs cover its time-varying inputs.
-    regrid : {None, "bilinear", "conservative"}
-        Regrid inputs to the model grid when ``ds`` is on another grid. ``None`` raises
-        :class:`~xclimax.GridError` on a grid mismatch.
-    batch_size : int, optional
-        Initial times per model call, and per dask task for dask input. Default: 8 on CPU and 32 on
-        GPU per model call; for dask input, one task per existing time chunk.
-    device : str or torch.device, optional
-        Default: the ``device`` option (``"auto"``: CUDA when available).
-    variables : sequence of str, optional
-        Output variables (ClimaX names). Default: ``model.metadata["out_variables"]`` if set,
-        otherwise the model's time-varying variables found in ``ds``.
-    extra_variables, variable_map
-        Passed to :func:`xclimax.tokens.find_variables` to map variables outside the 48 or by name.
-
-    Returns
-    -------
-    xarray.Dataset
-        Dimensions ``(*extra, time, lead_time, [level], lat, lon)`` with a ``valid_time``
-        coordinate; CF attributes on every variable; provenance in ``attrs``. Lazy (dask-backed)
-        when ``ds`` is dask-backed: one task per batch of initial times.
-
-    Examples
-    --------
-    >>> import xclimax
-    >>> from xclimax.testing import synthetic_dataset
-    >>> ds = synthetic_dataset(2, variables=["temperature", "2m_temperature"])
-    >>> model = xclimax.ClimaX(embed_dim=32, depth=1, num_heads=4, decoder_depth=1)
-    >>> model.stats = xclimax.normalize.stats_to_dict(xclimax.compute_stats(ds))
-    >>> fc = xclimax.forecast(ds, model, lead_time="6h", steps=2)
-    >>> fc["2m_temperature"].dims
-    ('time', 'lead_time', 'lat', 'lon')
-    """
-    lead = _as_timedelta(lead_time)
-    if lead <= pd.Timedelta(0):
-        raise ValueError(f"lead_time must be positive; got {lead}")
-    if not isinstance(steps, (int, np.integer)) or steps < 1:
-        raise ValueError(f"steps must be a positive integer; got {steps!r}")
-    if lead > pd.Timedelta("168h"):
-        warnings.warn(
-            f"lead_time {lead} per step is beyond the 6-168 h range ClimaX was pretrained on",
-            XClimaxWarning,
-            stacklevel=2,
-        )
-    dev = resolve_device(device)
-    return _predict(
-        ds, model, lead=lead, steps=int(steps), regrid=regrid, batch_size=batch_size, device=dev,
-        variables=variables, extra_variables=extra_variables, variable_map=variable_map, task="forecast",
-    )
-
-
-def downscale(
-    ds: xr.Dataset,
-    model: "ClimaX",
-    *,
-    regrid: str = "bilinear",
-    batch_size: int | None = None,
-    device: Any = None,
-    variables: Sequence[str] | None = None,
-    extra_variables: Any = None,
-    variable_map: dict[str, str] | None = None,
-) -> xr.Dataset:
-    """Downscale coarse fields to the model's (finer) grid, as ClimaX's downscaling set-up does.
-
-    The coarse input is interpolated to the model grid (bilinear by default) and the network
-    is run with lead time 0, predicting the high-resolution fields directly.
-
-    Parameters
-    ----------
-    ds : xarray.Dataset
-        Coarse fields with a ``time`` dimension.
-    model : xclimax.ClimaX
-        A model fine-tuned for downscaling (``task="downscale"``) on the target grid.
-    regrid : {"bilinear", "conservative"}
-        How the coarse input is brought to the model grid.
-    batch_size, device, variables, extra_variables, variable_map
-        As for :func:`forecast`.
-
-    Returns
-    -------
-    xarray.Dataset
-        Fields on the model grid with dimensions ``(*extra, time, [level], lat, lon)``.
-
-    Examples
-    --------
-    >>> import xclimax
-    >>> from xclimax.testing import synthetic_dataset
-    >>> coarse = synthetic_dataset(2, variables=["2m_temperature"], grid=(8, 16))
-    >>> model = xclimax.ClimaX(["2m_temperature"], img_size=(16, 32), embed_dim=32, depth=1, num_heads=4)
-    >>> model.stats = {"2m_temperature": (285.0, 10.0)}
-    >>> xclimax.downscale(coarse, model)["2m_temperature"].shape
-    (2, 16, 32)
-    """
-    if regrid not in ("bilinear", "conservative"):
-        raise ValueError(f"regrid must be 'bilinear' or 'conservative' for downscaling; got {regrid!r}")
-    dev = resolve_device(device)
-    out = _predict(
-        ds, model, lead=pd.Timedelta(0), steps=1, regrid=regrid, batch_size=batch_size, device=dev,
-        variables=variables, extra_variables=extra_variables, variable_map=variable_map, task="downscale",
-    )
-    out = out.isel(lead_time=0, drop=True)
-    return out.drop_vars("valid_time", errors="ignore")
-
-
-def _predict(
-    ds: xr.Dataset,
-    model: "ClimaX",
-    *,
-    lead: pd.Timedelta,
-    steps: int,
-    regrid: str | None,
-    batch_size: int | None,
-    device: "torch.device",
-    variables: Sequence[str] | None,
-    extra_variables: Any,
-    variable_map: dict[str, str] | None,
     task: str,
 ) -> xr.Dataset:
+    """Run ``model`` from every time of ``ds`` (``steps`` autoregressive steps of ``lead``); a labelled Dataset."""
+    device = resolve_device(device)
     if not isinstance(ds, xr.Dataset):
         raise TypeError(f"expected an xarray.Dataset; got {type(ds).__name__}")
     if regrid not in (None, "bilinear", "conservative"):
@@ -377,7 +251,7 @@ def _predict(
     lead_hours = lead / pd.Timedelta("1h")
     leads = pd.to_timedelta([lead * (k + 1) for k in range(steps)])
 
-    model = model.to(device).eval()
+    model = _on_device_for_inference(model, device)
     handle = _ModelHandle(model, device)
     chunked = arr.chunks is not None
     if batch_size is not None and (not isinstance(batch_size, (int, np.integer)) or batch_size < 1):

@@ -17,9 +17,9 @@ import xarray as xr
 from matplotlib.colors import TwoSlopeNorm
 from matplotlib.figure import Figure
 
-from ._utils import as_lead_times
-from .exceptions import DataError
-from .metrics import _standardise
+from ..cf.time import as_lead_times
+from ..exceptions import DataError
+from .metrics import standardise
 
 __all__ = ["maps", "error_vs_lead", "scorecard"]
 
@@ -92,8 +92,8 @@ def maps(
     >>> [ax.get_title().splitlines()[0] for ax in fig.axes[:3]]
     ['forecast', 'truth', 'forecast - truth']
     """
-    fc, _ = _standardise(forecast, "forecast")
-    tr, _ = _standardise(truth, "truth")
+    fc, _ = standardise(forecast, "forecast")
+    tr, _ = standardise(truth, "truth")
     for what, ds in (("forecast", fc), ("truth", tr)):
         if variable not in ds.data_vars:
             raise DataError(f"{what} has no variable {variable!r}; it has {list(ds.data_vars)}")

@@ -24,8 +24,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .exceptions import GridError, XClimaxError
-from .vocab import CLIMAX_VARIABLES, canonical_name
+from ..exceptions import GridError, XClimaxError
+from ..vocab import CLIMAX_VARIABLES, canonical_name
 
 __all__ = ["ClimaX", "sincos_1d", "sincos_2d"]
 

@@ -24,93 +24,16 @@ import cf_xarray
 import numpy as np
 import xarray as xr
 
-from . import vocab
-from .exceptions import CFMappingError, DataError, XClimaxWarning
+from .. import vocab
+from ..exceptions import CFMappingError, DataError, XClimaxWarning
+from ..options import OPTIONS
 from .grid import normalize_grid
-from .options import OPTIONS
+from .time import time_dim
+from .units import PRESSURE_NAMES, conversion, is_height, pressure_to_hpa
 
-__all__ = ["VariableSource", "CheckReport", "find_variables", "to_array", "from_array", "mapping", "check"]
+__all__ = ["VariableSource", "find_variables", "to_array", "from_array", "mapping"]
 
 logger = logging.getLogger(__name__)
-
-# --------------------------------------------------------------------------------------------
-# units
-
-#: canonical unit key -> spellings found in the wild
-_UNIT_ALIASES: dict[str, tuple[str, ...]] = {
-    "K": ("K", "k", "kelvin", "Kelvin", "degK", "deg_K", "degrees_K", "degree_K"),
-    "degC": ("degC", "C", "°C", "deg_C", "degrees_C", "degree_C", "celsius", "Celsius", "degrees_Celsius",
-             "degree_Celsius", "degrees Celsius"),
-    "m s-1": ("m s-1", "m/s", "m s**-1", "m s^-1", "m.s-1", "m.s**-1", "ms-1", "m s-1 ", "meter second-1",
-              "metre second-1", "meters per second"),
-    "m2 s-2": ("m2 s-2", "m**2 s**-2", "m^2 s^-2", "m^2/s^2", "m2/s2", "m2.s-2", "m**2/s**2", "m2s-2"),
-    "m": ("m", "meter", "meters", "metre", "metres", "gpm", "m a.s.l.", "m above sea level"),
-    "%": ("%", "percent", "pct"),
-    "1": ("1", "", "-", "fraction", "dimensionless", "0-1", "(0 - 1)", "(0-1)"),
-    "kg kg-1": ("kg kg-1", "kg/kg", "kg kg**-1", "kg kg^-1", "kg.kg-1"),
-    "g kg-1": ("g kg-1", "g/kg", "g kg**-1", "g kg^-1"),
-    "Pa": ("Pa", "pascal", "Pascal", "pascals"),
-    "hPa": ("hPa", "hpa", "mbar", "millibar", "millibars", "mb", "hectopascal", "hectopascals"),
-    "mm": ("mm", "millimeter", "millimeters", "millimetre", "millimetres", "kg m-2", "kg m**-2", "kg/m2", "kg/m^2"),
-    "J m-2": ("J m-2", "J m**-2", "J/m2", "J/m^2", "J m^-2"),
-    "degrees_north": ("degrees_north", "degree_north", "degrees_N", "degree_N", "degreesN", "degreeN", "degrees"),
-}
-_UNIT_KEY = {alias: key for key, aliases in _UNIT_ALIASES.items() for alias in aliases}
-
-#: (canonical, found) -> (scale, offset, description); value_canonical = value * scale + offset
-_CONVERSIONS: dict[tuple[str, str], tuple[float, float, str]] = {
-    ("m2 s-2", "m"): (vocab.G0, 0.0, f"geopotential height (m) -> geopotential (x {vocab.G0})"),
-    ("m", "m2 s-2"): (1.0 / vocab.G0, 0.0, f"surface geopotential (m2 s-2) -> orography (m) (/ {vocab.G0})"),
-    ("K", "degC"): (1.0, 273.15, "degC -> K (+ 273.15)"),
-    ("%", "1"): (100.0, 0.0, "fraction (1) -> % (x 100)"),
-    ("1", "%"): (0.01, 0.0, "% -> fraction (1) (x 0.01)"),
-    ("kg kg-1", "1"): (1.0, 0.0, ""),
-    ("kg kg-1", "g kg-1"): (1e-3, 0.0, "g kg-1 -> kg kg-1 (x 0.001)"),
-    ("Pa", "hPa"): (100.0, 0.0, "hPa -> Pa (x 100)"),
-    ("m", "mm"): (1e-3, 0.0, "mm (kg m-2 of water) -> m (x 0.001)"),
-}
-
-
-def _unit_key(units: Any) -> str | None:
-    if units is None:
-        return None
-    text = str(units).strip()
-    return _UNIT_KEY.get(text, _UNIT_KEY.get(text.replace("**", "").replace("^", ""), text))
-
-
-def _conversion(target: str, found: Any) -> tuple[float, float, str] | None:
-    """(scale, offset, description) converting ``found`` units to ``target``; None if impossible."""
-    t, f = _unit_key(target), _unit_key(found)
-    if t == f:
-        return 1.0, 0.0, ""
-    return _CONVERSIONS.get((t, f))
-
-
-#: names of vertical pressure coordinates (recognised by name when they have no units)
-_PRESSURE_NAMES = ("level", "isobaricInhPa", "plev", "pressure_level", "pressure", "lev")
-
-
-def _pressure_to_hpa(coord: xr.DataArray) -> np.ndarray | None:
-    """Values of a vertical coordinate in hPa, or None if it is not a pressure coordinate."""
-    units = _unit_key(coord.attrs.get("units"))
-    values = np.asarray(coord.values, dtype=float)
-    if units == "Pa":
-        return values / 100.0
-    if units == "hPa":
-        return values
-    if units is None and (coord.attrs.get("standard_name") == "air_pressure" or coord.name in _PRESSURE_NAMES):
-        # no units: hPa by name or by magnitude (Pa levels exceed 1100)
-        if coord.name == "isobaricInhPa":
-            return values
-        if coord.name == "plev" or np.nanmax(np.abs(values), initial=0) > 1100:
-            return values / 100.0
-        return values
-    return None
-
-
-def _is_height(coord: xr.DataArray) -> bool:
-    return coord.attrs.get("standard_name") == "height" or coord.name in ("height", "heightAboveGround")
-
 
 # --------------------------------------------------------------------------------------------
 # specs
@@ -239,10 +162,10 @@ def _vertical_dims(da: xr.DataArray, ds: xr.Dataset) -> tuple[dict[str, np.ndarr
         coord = da.coords[name] if name in da.coords else (ds.coords[name] if name in ds.coords else None)
         if coord is None or coord.ndim > 1:
             continue
-        if _is_height(coord):
+        if is_height(coord):
             height[name] = np.atleast_1d(np.asarray(coord.values, float))
             continue
-        p = _pressure_to_hpa(coord)
+        p = pressure_to_hpa(coord)
         if p is not None:
             pressure[name] = np.atleast_1d(p)
     return pressure, height
@@ -313,7 +236,7 @@ def _match(
     if kind == "surface" and want_h is not None:
         # near-surface (2 m / 10 m): a height coordinate or no vertical coordinate at all
         for dim in da.dims:
-            if dim in pressure or (dim in _PRESSURE_NAMES and dim not in ds.coords):
+            if dim in pressure or (dim in PRESSURE_NAMES and dim not in ds.coords):
                 return {}, None, (), (
                     f"{var!r} has a pressure-level dimension {dim!r} (size {da.sizes[dim]}), "
                     f"so it is not a {want_h:g} m field"
@@ -351,28 +274,13 @@ def _match(
     return sel, None, tuple(drop), ""
 
 
-def _time_dim(ds: xr.Dataset) -> str:
-    if "time" in ds.dims:
-        return "time"
-    try:
-        t = [n for n in ds.cf.axes.get("T", []) if n in ds.dims]
-    except Exception:
-        t = []
-    if t:
-        return t[0]
-    raise DataError(
-        f"expected a 'time' dimension (or a dimension with axis='T'); found dims {dict(ds.sizes)}. "
-        "Add one with ds.expand_dims(time=[...])"
-    )
-
-
 def _user_map(variable_map: Mapping[str, str] | None) -> dict[str, str]:
     out = dict(OPTIONS.get("variable_map") or {})
     out.update(variable_map or {})
     return {vocab.canonical_name(k): v for k, v in out.items()}
 
 
-def _resolve(
+def resolve_variables(
     ds: xr.Dataset,
     variables: Iterable[str] | None,
     extra_variables: Any,
@@ -459,7 +367,7 @@ def _resolve(
         elif target is None:
             conv = (1.0, 0.0, "")
         else:
-            conv = _conversion(target, units)
+            conv = conversion(target, units)
         if conv is None:
             bad[name] = f"{name}: variable {var!r} has units {units!r}, expected {target!r} (or convertible to it)"
             continue
@@ -536,7 +444,7 @@ def find_variables(
     >>> print(find_variables(ds, ["geopotential_500"])["geopotential_500"].describe())
     geopotential_500 <- zg[plev=50000] (geopotential height (m) -> geopotential (x 9.80665))
     """
-    names, found, missing, bad = _resolve(ds, variables, extra_variables, variable_map)
+    names, found, missing, bad = resolve_variables(ds, variables, extra_variables, variable_map)
     if bad or (strict and missing):
         raise _mapping_error(names, missing if strict else {}, bad, ds)
     return found
@@ -556,7 +464,7 @@ def _source_array(ds: xr.Dataset, src: VariableSource, time: str) -> xr.DataArra
     if src.kind == "constant" and time in da.dims:
         da = da.isel({time: 0})
     da = da.reset_coords(drop=True)
-    extra = [d for d in da.dims if d not in ("lat", "lon", time) and d in ds.coords and _pressure_to_hpa(ds[d]) is not None]
+    extra = [d for d in da.dims if d not in ("lat", "lon", time) and d in ds.coords and pressure_to_hpa(ds[d]) is not None]
     if extra:
         raise CFMappingError(f"{src.name}: variable {src.source!r} still has vertical dimensions {extra} after selection")
     if src.scale != 1.0 or src.offset != 0.0:
@@ -612,8 +520,8 @@ def to_array(
     """
     if not isinstance(ds, xr.Dataset):
         raise DataError(f"to_array expects an xarray.Dataset; got {type(ds).__name__}")
-    time = _time_dim(ds)
-    names, found, missing, bad = _resolve(ds, variables, extra_variables, variable_map)
+    time = time_dim(ds)
+    names, found, missing, bad = resolve_variables(ds, variables, extra_variables, variable_map)
     if bad or (strict and missing):
         raise _mapping_error(names, missing if strict else {}, bad, ds)
     if not found:
@@ -714,13 +622,13 @@ def from_array(
     }, 1.0, False
     level_dtype: Any = None
     if like is not None:
-        _, sources, _, _ = _resolve(like, [n for n in names if n in reg], extra_variables, variable_map)
+        _, sources, _, _ = resolve_variables(like, [n for n in names if n in reg], extra_variables, variable_map)
         levs = [s for s in sources.values() if s.kind == "pressure" and s.selection]
         if levs:
             level_name = next(iter(levs[0].selection))
             coord = like[level_name]
             level_attrs = dict(coord.attrs)
-            hpa = _pressure_to_hpa(coord)
+            hpa = pressure_to_hpa(coord)
             vals = np.asarray(coord.values, float)
             level_factor = float(vals[np.argmax(np.abs(hpa))] / hpa[np.argmax(np.abs(hpa))]) if hpa is not None else 1.0
             level_desc = bool(hpa is not None and hpa.size > 1 and hpa[0] > hpa[-1])
@@ -828,73 +736,3 @@ def mapping(
     return {k: v.source for k, v in found.items()}
 
 
-@dataclass
-class CheckReport:
-    """Result of :func:`check`: which ClimaX variables were found, converted or missing.
-
-    Attributes
-    ----------
-    found : dict of str to VariableSource
-    missing : dict of str to str
-        Name -> what was searched.
-    problems : dict of str to str
-        Name -> unit or ambiguity problem.
-    requested : list of str
-    """
-
-    found: dict[str, VariableSource]
-    missing: dict[str, str]
-    problems: dict[str, str]
-    requested: list[str]
-
-    @property
-    def ok(self) -> bool:
-        """True when every requested variable was found and usable."""
-        return not self.missing and not self.problems
-
-    @property
-    def converted(self) -> dict[str, str]:
-        """Name -> unit conversion applied, for variables that need one."""
-        return {k: v.conversion for k, v in self.found.items() if v.conversion}
-
-    def __repr__(self) -> str:
-        lines = [f"<CheckReport: {len(self.found)}/{len(self.requested)} variables found"
-                 f"{', OK' if self.ok else ''}>"]
-        if self.found:
-            lines.append("Found:")
-            lines += [f"  {v.describe()}" for v in self.found.values()]
-        if self.problems:
-            lines.append("Problems:")
-            lines += [f"  {p}" for p in self.problems.values()]
-        if self.missing:
-            lines.append("Missing:")
-            lines += [f"  {k}: searched {v}" for k, v in self.missing.items()]
-        return "\n".join(lines)
-
-
-def check(
-    ds: xr.Dataset,
-    model: Any = None,
-    *,
-    variables: Iterable[str] | None = None,
-    extra_variables: Any = None,
-    variable_map: Mapping[str, str] | None = None,
-) -> CheckReport:
-    """Report which ClimaX variables ``ds`` provides (for ``model.variables`` if a model is given).
-
-    Never raises for missing variables or bad units (they are listed) and computes nothing.
-
-    Examples
-    --------
-    >>> from xclimax.testing import synthetic_dataset
-    >>> report = check(synthetic_dataset(2, variables=["2m_temperature"]), variables=["2m_temperature", "orography"])
-    >>> report.ok, list(report.missing)
-    (True, [])
-    >>> print(report)  # doctest: +NORMALIZE_WHITESPACE
-    <CheckReport: 2/2 variables found, OK>
-    ...
-    """
-    if variables is None and model is not None:
-        variables = list(model.variables)
-    names, found, missing, bad = _resolve(ds, variables, extra_variables, variable_map)
-    return CheckReport(found, missing, bad, names)

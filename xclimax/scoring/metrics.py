@@ -38,8 +38,8 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
-from .exceptions import DataError, GridError, XClimaxWarning
-from .grid import GridInfo, normalize_grid, restore_grid
+from ..cf.grid import GridInfo, normalize_grid, restore_grid
+from ..exceptions import DataError, GridError, XClimaxWarning
 
 __all__ = ["evaluate", "lat_weights", "METRICS"]
 
@@ -52,7 +52,7 @@ _SPACE = ("lat", "lon")
 
 
 # --------------------------------------------------------------------------- helpers
-def _standardise(ds: xr.Dataset, what: str) -> tuple[xr.Dataset, GridInfo]:
+def standardise(ds: xr.Dataset, what: str) -> tuple[xr.Dataset, GridInfo]:
     """``ds`` on the canonical grid layout (``lat``/``lon``, lat ascending, lon in [0, 360)), lazily."""
     if not isinstance(ds, xr.Dataset):
         raise DataError(f"{what} must be an xarray.Dataset; got {type(ds).__name__}")
@@ -203,7 +203,7 @@ def _take(obj: xr.DataArray | xr.Dataset, dim: Hashable, pos: np.ndarray, coords
     return out.assign_coords(coords).transpose("time", "lead_time", ...)
 
 
-def _at_valid_times(clim: xr.DataArray | xr.Dataset, valid: np.ndarray, coords: dict, what: str = "climatology"):
+def at_valid_times(clim: xr.DataArray | xr.Dataset, valid: np.ndarray, coords: dict, what: str = "climatology"):
     """Climatology at the valid times (dims ``time, lead_time, ...``), or as is when it has no time dims."""
     if "dayofyear" not in clim.dims:
         if "hour" in clim.dims:
@@ -313,9 +313,9 @@ def evaluate(
     if unknown or not metrics or len(set(metrics)) != len(metrics):
         raise DataError(f"metrics must be distinct names from {METRICS}; got {metrics}")
 
-    fc, fc_info = _standardise(forecast, "forecast")
+    fc, fc_info = standardise(forecast, "forecast")
     fc_names = {"lat": fc_info.lat_name, "lon": fc_info.lon_name}
-    tr, _ = _standardise(truth, "truth")
+    tr, _ = standardise(truth, "truth")
     for what, obj, need in (("forecast", fc, ("time", "lead_time")), ("truth", tr, ("time",))):
         missing_dims = [d for d in need if d not in obj.dims]
         if missing_dims:
@@ -362,7 +362,7 @@ def evaluate(
                     stacklevel=2,
                 )
         else:
-            clim_ds, _ = _standardise(climatology, "climatology")
+            clim_ds, _ = standardise(climatology, "climatology")
             absent = [v for v in names if v not in clim_ds.data_vars]
             if absent:
                 raise DataError(f"climatology lacks forecast variables {absent}; it has {list(clim_ds.data_vars)}")
@@ -393,7 +393,7 @@ def evaluate(
             if climatology is None:
                 c = _select_like(tr[name], f, "truth", name).isel(time=used).mean("time")
             else:
-                c = _at_valid_times(_select_like(clim_ds[name], f, "climatology", name), valid_ok, tc)
+                c = at_valid_times(_select_like(clim_ds[name], f, "climatology", name), valid_ok, tc)
             fa, ta = f - c, t - c
             if flavour == "climax":
                 fa = fa - _wmean(fa, dims, ok)

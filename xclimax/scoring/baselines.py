@@ -16,9 +16,9 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
-from ._utils import as_lead_times
-from .exceptions import DataError
-from .metrics import _at_valid_times
+from ..cf.time import as_lead_times
+from ..exceptions import DataError
+from .metrics import at_valid_times
 
 __all__ = ["persistence", "climatology", "climatology_forecast", "as_lead_times"]
 
@@ -193,7 +193,7 @@ def climatology_forecast(clim: xr.Dataset, init_times: Iterable | xr.DataArray, 
     valid = init.values[:, None] + leads[None, :]
     coords = {"time": init.values, "lead_time": leads}
     if "dayofyear" in clim.dims or "hour" in clim.dims:
-        fc = _at_valid_times(clim, valid, coords, "clim")
+        fc = at_valid_times(clim, valid, coords, "clim")
     else:
         fc = clim.expand_dims(time=init.size, lead_time=leads.size).assign_coords(coords)
     fc = fc.transpose("time", "lead_time", ...)

@@ -33,8 +33,8 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
-from .options import OPTIONS
-from .vocab import G0
+from ..options import OPTIONS
+from ..vocab import G0
 
 __all__ = [
     "EARTH_RADIUS",

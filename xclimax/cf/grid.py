@@ -18,8 +18,7 @@ from typing import TypeVar
 import numpy as np
 import xarray as xr
 
-from .exceptions import GridError
-from .testing import grid_coords
+from ..exceptions import GridError
 
 __all__ = ["GridInfo", "normalize_grid", "restore_grid", "model_grid", "check_grid", "regrid"]
 
@@ -238,6 +237,20 @@ def restore_grid(obj: T, info: GridInfo) -> T:
             out = out.isel(lon=order)
     rename = {k: v for k, v in (("lat", info.lat_name), ("lon", info.lon_name)) if k != v}
     return out.rename(rename) if rename else out
+
+
+def grid_coords(nlat: int = 32, nlon: int = 64) -> tuple[np.ndarray, np.ndarray]:
+    """Latitudes (ascending, cell centres) and longitudes (0..360) of the ClimaX grid.
+
+    Examples
+    --------
+    >>> lat, lon = grid_coords(32, 64)
+    >>> float(lat[0]), float(lon[1])
+    (-87.1875, 5.625)
+    """
+    dlat = 180.0 / nlat
+    dlon = 360.0 / nlon
+    return -90 + dlat / 2 + dlat * np.arange(nlat), dlon * np.arange(nlon)
 
 
 def model_grid(img_size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:

@@ -24,7 +24,6 @@ import json
 import logging
 import math
 import os
-import tempfile
 import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -33,10 +32,11 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from ._version import __version__
-from .exceptions import CheckpointError, XClimaxWarning
+from .._utils import atomic_write
+from .._version import __version__
+from ..exceptions import CheckpointError, XClimaxWarning
+from ..vocab import CLIMAX_VARIABLES, canonical_name
 from .model import ClimaX
-from .vocab import CLIMAX_VARIABLES, canonical_name
 
 __all__ = ["load_checkpoint", "save_checkpoint", "remap_variables"]
 
@@ -745,19 +745,6 @@ def _json(value: Any, what: str) -> str:
         raise CheckpointError(f"model.{what} must be JSON-serialisable to be saved, found {err}") from None
 
 
-def _fsync_dir(directory: Path) -> None:
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:  # pragma: no cover - e.g. Windows
-        return
-    try:
-        os.fsync(fd)
-    except OSError:  # pragma: no cover
-        pass
-    finally:
-        os.close(fd)
-
-
 def save_checkpoint(model: ClimaX, path: str | os.PathLike[str]) -> Path:
     """Save a model with its configuration, variables, statistics and metadata.
 
@@ -813,16 +800,12 @@ def save_checkpoint(model: ClimaX, path: str | os.PathLike[str]) -> Path:
         seen.add(value.data_ptr())
         tensors[key] = value
 
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
+    def write(tmp: str) -> None:
         if path.suffix == ".safetensors":
             from safetensors.torch import save_file
 
-            os.close(fd)
             meta = {"format": FORMAT, "format_version": str(FORMAT_VERSION), "xclimax_version": __version__, **header}
             save_file(tensors, tmp, metadata=meta)
-            with open(tmp, "rb+") as fh:
-                os.fsync(fh.fileno())
         else:
             payload = {
                 "format": FORMAT,
@@ -831,25 +814,8 @@ def save_checkpoint(model: ClimaX, path: str | os.PathLike[str]) -> Path:
                 **{k: json.loads(v) for k, v in header.items()},
                 "state_dict": tensors,
             }
-            with os.fdopen(fd, "wb") as fh:
-                torch.save(payload, fh)
-                fh.flush()
-                os.fsync(fh.fileno())
-        mode = path.stat().st_mode & 0o777 if path.exists() else 0o666 & ~_umask()
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-    _fsync_dir(path.parent)
+            torch.save(payload, tmp)
+
+    atomic_write(path, write)
     logger.info("saved %s (%d tensors)", path, len(tensors))
     return path
-
-
-def _umask() -> int:
-    current = os.umask(0)
-    os.umask(current)
-    return current

@@ -18,7 +18,7 @@ from typing import Any, Iterable, Mapping
 import numpy as np
 import xarray as xr
 
-from .exceptions import DataError, XClimaxWarning
+from ..exceptions import DataError, XClimaxWarning
 from .grid import normalize_grid
 from .tokens import to_array
 

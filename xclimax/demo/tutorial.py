@@ -14,7 +14,6 @@ import hashlib
 import json
 import logging
 import os
-import tempfile
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -22,11 +21,12 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
+from .._utils import atomic_write
+from .._version import __version__
+from ..cf.grid import grid_coords
+from ..exceptions import DataError
+from ..vocab import PRESSURE_VARIABLES
 from . import atmosphere
-from ._version import __version__
-from .exceptions import DataError
-from .testing import grid_coords
-from .vocab import PRESSURE_VARIABLES
 
 __all__ = [
     "DEMO_YEARS", "DEMO_LEVELS", "SPLITS", "VERSION", "cache_dir", "open_dataset", "split", "load_model", "DEMO_MODEL_PATH",
@@ -46,7 +46,7 @@ SPLITS: dict[str, slice] = {
     "test": slice("2002-01-01", "2002-12-31T18:00"),
 }
 #: The bundled demo model, written by ``scripts/train_demo_model.py``.
-DEMO_MODEL_PATH = Path(__file__).parent / "data" / "demo_model.safetensors"
+DEMO_MODEL_PATH = Path(__file__).parent.parent / "data" / "demo_model.safetensors"
 
 _SURFACE_ATTRS = {
     "2m_temperature": ("air_temperature", "K", "2 metre temperature"),
@@ -89,17 +89,7 @@ def _year_state(year: int, seed: int, days: float | None, cache: bool) -> tuple[
         path.parent.mkdir(parents=True, exist_ok=True)
         out = xr.Dataset({k: (("time", "lat", "lon"), v) for k, v in state.items()}, coords={"time": time})
         out.attrs = {"description": f"xclimax.atmosphere state for the demo year {year} (synthetic)"}
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-        os.close(fd)
-        try:
-            out.to_netcdf(tmp)
-            umask = os.umask(0)
-            os.umask(umask)
-            os.chmod(tmp, 0o666 & ~umask)
-            os.replace(tmp, path)  # atomic on POSIX: readers see the old or the whole new file
-        finally:
-            if os.path.exists(tmp):
-                os.remove(tmp)
+        atomic_write(path, out.to_netcdf)  # readers see the old or the whole new file
     return time, state
 
 
@@ -264,6 +254,6 @@ def load_model(path: str | os.PathLike[str] | None = None) -> Any:
     >>> model.img_size, model.metadata["time_step_hours"], model.metadata["lead_time"]
     ((32, 64), 6, '24h')
     """
-    from .checkpoint import load_checkpoint
+    from ..nn.checkpoint import load_checkpoint
 
     return load_checkpoint(DEMO_MODEL_PATH if path is None else path)

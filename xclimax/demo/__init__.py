@@ -1,0 +1,1 @@
+"""The demo atmosphere and the bundled tutorial data and model (public as ``xclimax.tutorial``)."""

@@ -1,0 +1,1 @@
+"""Scores, baselines and figures: WeatherBench-2/ClimaX metrics, persistence and climatology, plots."""
