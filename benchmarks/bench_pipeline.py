@@ -90,7 +90,7 @@ def bench_xclimax(data: xr.DataArray | xr.Dataset, n_batches: int, batch: int = 
 
 def bench_model(n_vars: int, device: str, steps: int, batch: int = 16) -> float:
     from xclimax.nn.model import ClimaX
-    from xclimax.train import DEFAULT_MODEL, configure_optimizer
+    from xclimax.training import DEFAULT_MODEL, configure_optimizer
     from xclimax.vocab import CLIMAX_VARIABLES
 
     model = ClimaX(CLIMAX_VARIABLES[:n_vars], img_size=(32, 64), patch_size=2, **DEFAULT_MODEL).to(device).train()

@@ -86,4 +86,9 @@ def test_public_module_names_still_resolve():
     assert xclimax.tutorial.open_dataset is not None
     assert callable(xclimax.grid.regrid) and callable(xclimax.tokens.find_variables)
     assert callable(xclimax.normalize.stats_to_dict) and callable(xclimax.baselines.persistence)
-    import xclimax.tutorial as tut  # noqa: F401  (importable as a module after first use)
+    # importable as modules in a fresh interpreter, before any attribute access
+    code = ("from xclimax.baselines import persistence; import xclimax.tutorial as t; from xclimax.grid import regrid; "
+            "import xclimax.normalize; assert persistence.__module__ == 'xclimax.scoring.baselines'; "
+            "assert t.__name__ == 'xclimax.demo.tutorial'; print('ok')")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert res.returncode == 0 and "ok" in res.stdout, res.stderr[-2000:]

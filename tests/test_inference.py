@@ -142,8 +142,16 @@ def test_grid_mismatch_and_regrid(ds, backend):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", XClimaxWarning)
         fc = xclimax.forecast(as_backend(coarse, backend), model, lead_time="6h", regrid="bilinear").compute()
-    assert fc.sizes["lat"] == 32 and fc.sizes["lon"] == 64
+        on_model = xclimax.forecast(as_backend(coarse, backend), model, lead_time="6h", regrid="bilinear",
+                                    output_grid="model").compute()
+    # by default the forecast comes back on the input's grid; output_grid="model" keeps the model's
+    assert fc.sizes["lat"] == 16 and fc.sizes["lon"] == 32
+    np.testing.assert_array_equal(fc["lat"].values, coarse["lat"].values)
+    assert on_model.sizes["lat"] == 32 and on_model.sizes["lon"] == 64
     assert np.isfinite(fc["temperature"]).all()
+    # oracle: the model-grid forecast regridded back with the same bilinear weights
+    back = xclimax.grid.regrid(on_model, coarse["lat"].values, coarse["lon"].values, method="bilinear")
+    xr.testing.assert_allclose(fc["temperature"], back["temperature"].transpose(*fc["temperature"].dims), rtol=1e-5)
 
 
 def test_bad_input_is_rejected_before_work(ds):
@@ -178,17 +186,21 @@ def test_cmip_style_input():
     ds = synthetic_dataset(4, variables=["geopotential", "temperature"], levels=(500, 850), style="cmip")
     model = _model(ds)
     fc = xclimax.forecast(ds, model, lead_time="6h")
-    # results come back on the input's vertical coordinate
+    # results come back on the input's vertical coordinate, under its names and in its units
     assert "plev" in fc.dims
     assert fc["ta"].attrs["standard_name"] == "air_temperature"
-    # zg (geopotential height, m) comes back as geopotential in the model's canonical units
-    assert fc["geopotential"].attrs["units"] == "m2 s-2"
+    assert fc["zg"].attrs["units"] == "m" and fc["zg"].attrs["standard_name"] == "geopotential_height"
+    # names="climax": ClimaX base names in canonical units (zg as geopotential in m2 s-2)
+    canonical = xclimax.forecast(ds, model, lead_time="6h", names="climax")
+    assert canonical["geopotential"].attrs["units"] == "m2 s-2"
+    np.testing.assert_allclose(fc["zg"].values * xclimax.vocab.G0, canonical["geopotential"].values, rtol=1e-5)
 
 
 def test_downscale_runs_on_the_model_grid(backend):
     coarse = synthetic_dataset(3, variables=["2m_temperature"], grid=(8, 16), constants=False)
     fine = synthetic_dataset(3, variables=["2m_temperature"], grid=(16, 32), constants=False)
     model = _model(fine, ["2m_temperature"], img_size=(16, 32))
+    model.metadata["task"] = "downscale"  # (downscale refuses models not trained for it)
     out = xclimax.downscale(as_backend(coarse, backend), model).compute()
     assert out["2m_temperature"].dims == ("time", "lat", "lon")
     assert out.sizes["lat"] == 16
@@ -207,20 +219,3 @@ def test_accessor_parity(ds):
     b = xclimax.forecast(ds, model, lead_time="6h")
     xr.testing.assert_identical(a.drop_attrs(), b.drop_attrs())
     assert ds.climax.variables == xclimax.tokens.mapping(ds)
-
-
-def test_distributed_model_loaded_once_per_worker(ds):
-    distributed = pytest.importorskip("distributed")
-    from xclimax.tasks._run import _ModelHandle
-
-    model = _model(ds)
-    eager = xclimax.forecast(ds, model, lead_time="6h")
-    with distributed.LocalCluster(
-        n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None, silence_logs=40
-    ) as cluster, distributed.Client(cluster) as client:
-        fc = xclimax.forecast(ds.chunk(time=1), model, lead_time="6h")
-        result = fc.compute()
-        loads = client.run(lambda: len(_ModelHandle._cache))
-    xr.testing.assert_allclose(result, eager, rtol=1e-5)
-    # 6 tasks over 2 workers, but at most one model per worker process
-    assert all(n <= 1 for n in loads.values()) and sum(loads.values()) >= 1

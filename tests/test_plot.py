@@ -8,6 +8,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 
+import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
@@ -90,7 +91,7 @@ def test_error_vs_lead():
     base = _scores({"t2m": [2.0, 2.5, 3.5]})
     fig = plot.error_vs_lead(scores, baselines={"persistence": base})
     _render(fig)
-    assert [ax.get_title() for ax in fig.axes] == ["t2m", "t level=500", "t level=850"]
+    assert [ax.get_title() for ax in fig.axes] == ["t2m", "t 500 hPa", "t 850 hPa"]
     model_line, base_line = fig.axes[0].get_lines()
     np.testing.assert_allclose(model_line.get_xdata(), [6, 12, 24])
     np.testing.assert_allclose(model_line.get_ydata(), [1, 2, 3])
@@ -109,17 +110,95 @@ def test_scorecard(metric):
     scores = _scores({"t2m": [1.0, 2.0, 3.0], "u10": [2.0, 2.0, 2.0]}, metric=metric)
     ref = _scores({"t2m": [2.0, 2.0, 2.0], "u10": [1.0, 4.0, 2.0], "z500": [1, 1, 1]}, leads=("6h", "12h", "48h"),
                   metric=metric)
+    ref.attrs["forecast"] = "persistence"
     fig = plot.scorecard(scores, ref, metric=metric)
     _render(fig)
-    pct = 100 * np.array([[1 - 2, 2 - 2], [2 - 1, 2 - 4]]) / np.array([[2, 2], [1, 4]])  # rows t2m, u10; 6h, 12h
-    sign = -1 if metric == "rmse" else 1  # positive = better = green
+    m, r = np.array([[1.0, 2.0], [2.0, 2.0]]), np.array([[2.0, 2.0], [1.0, 4.0]])  # rows t2m, u10; 6h, 12h
+    # errors: % difference; ACC (bounded by 1): the plain difference, never "+692 %"
+    change = 100 * (m - r) / r if metric == "rmse" else m - r
+    better = -change if metric == "rmse" else change  # positive = better = green
+    lim = np.percentile(np.abs(better), 95)  # the colours are clipped there, the numbers are not
     (mesh,) = _meshes(fig, 1)
-    np.testing.assert_allclose(np.asarray(mesh.get_array()).reshape(2, 2), sign * pct)
+    np.testing.assert_allclose(np.asarray(mesh.get_array()).reshape(2, 2), np.clip(better, -lim, lim))
     texts = sorted(t.get_text() for t in fig.axes[0].texts)
-    assert texts == sorted(f"{v:+.1f}" for v in pct.ravel())
+    fmt = (lambda v: f"{v:+.0f}" if abs(v) >= 99.5 else f"{v:+.1f}") if metric == "rmse" else (lambda v: f"{v:+.2f}")
+    assert texts == sorted(fmt(v).replace("-", "\N{MINUS SIGN}") for v in change.ravel())
     assert [t.get_text() for t in fig.axes[0].get_yticklabels()] == ["t2m", "u10"]
     assert [t.get_text() for t in fig.axes[0].get_xticklabels()] == ["6 h", "12 h"]
     assert mesh.cmap.name == "PiYG"
+    title = fig.axes[0].get_title()
+    assert "forecast against persistence" in title  # the reference is named
+    assert ("% difference" in title) == (metric == "rmse")
+
+
+def _extents(artists, renderer):
+    return np.array([a.get_window_extent(renderer).extents for a in artists if a.get_text()])
+
+
+def _overlaps(boxes: np.ndarray) -> int:
+    """Number of pairs of boxes (x0, y0, x1, y1) that overlap by more than half a pixel."""
+    x0, y0, x1, y1 = (boxes[:, i][:, None] for i in range(4))
+    ox = np.minimum(x1, x1.T) - np.maximum(x0, x0.T)
+    oy = np.minimum(y1, y1.T) - np.maximum(y0, y0.T)
+    hit = (ox > 0.5) & (oy > 0.5)
+    np.fill_diagonal(hit, False)
+    return int(hit.sum() // 2)
+
+
+@pytest.mark.parametrize("rows, cols", [(1, 3), (8, 10), (40, 12), (5, 20)])
+def test_scorecard_is_readable(rows, cols):
+    """Sized to its cells: numbers, tick labels and title fit without overlapping, for 1 to 40 rows."""
+    rng = np.random.default_rng(0)
+    leads = [f"{6 * (k + 1)}h" for k in range(cols)]
+    names = [f"geopotential {k}" if k % 2 else f"10m_u_component_of_wind {k}" for k in range(rows)]
+    s = _scores({n: rng.uniform(0.5, 3, cols) for n in names}, leads=leads)
+    r = _scores({n: rng.uniform(0.01, 3, cols) for n in names}, leads=leads)  # up to +30000 %
+    fig = plot.scorecard(s, r)
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    ax = fig.axes[0]
+    assert len(ax.texts) == rows * cols
+    assert _overlaps(_extents(ax.texts, renderer)) == 0
+    assert _overlaps(_extents(ax.get_xticklabels(), renderer)) == 0
+    assert _overlaps(_extents(ax.get_yticklabels(), renderer)) == 0
+    # every text inside its cell, the title and labels inside the figure
+    for text in ax.texts:
+        x, y = text.get_position()
+        cell = ax.transData.transform([[int(x), int(y)], [int(x) + 1, int(y) + 1]])
+        box = text.get_window_extent(renderer)
+        assert cell[:, 0].min() - 1 <= box.x0 and box.x1 <= cell[:, 0].max() + 1, text.get_text()
+    figbox = fig.bbox
+    for artist in [ax.title, *ax.get_yticklabels(), *ax.get_xticklabels()]:
+        box = artist.get_window_extent(renderer)
+        assert figbox.x0 - 1 <= box.x0 and box.x1 <= figbox.x1 + 1 and box.y1 <= figbox.y1 + 1, artist.get_text()
+    # the figure grows with its rows and columns
+    w, h = fig.get_size_inches()
+    assert h < 4 if rows == 1 else h > 0.25 * rows
+    assert w >= 0.55 * cols
+    # lead ticks in whole hours or days
+    assert all(t.get_text().endswith((" h", " d")) for t in ax.get_xticklabels())
+    plt.close("all")
+
+
+def test_pyplot_savefig_after_maps_saves_the_figure(truth, tmp_path):
+    """xarray's convention: the plot functions draw on pyplot's current figure, so plt.savefig works."""
+    plt.close("all")
+    panels = plot.maps(persistence(truth, "6h"), truth, "temperature", lead_time="6h", level=500)
+    assert panels.fig is plt.gcf()
+    plt.savefig(tmp_path / "maps.png")
+    image = plt.imread(tmp_path / "maps.png")
+    assert image[..., :3].std() > 0.05  # not blank
+    assert [ax.get_title().splitlines()[0] for ax in panels.axes] == ["forecast", "truth", "forecast \N{MINUS SIGN} truth"]
+    assert "500 hPa" in panels.fig.get_suptitle()
+    # an empty current figure is drawn on (its size kept); a figure of one's own with fig=
+    fig = plt.figure(figsize=(9, 3))
+    assert plot.maps(persistence(truth, "6h"), truth, "2m_temperature", lead_time="6h").fig is fig
+    assert tuple(fig.get_size_inches()) == (9, 3)
+    from matplotlib.figure import Figure
+
+    own = Figure()
+    assert plot.scorecard(_scores({"a": [1.0, 2.0, 3.0]}), _scores({"a": [2.0, 2.0, 2.0]}), fig=own).fig is own
+    plt.close("all")
 
 
 def test_scorecard_errors():

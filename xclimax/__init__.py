@@ -19,13 +19,23 @@ The package is layered; imports only go down (checked by import-linter, see ``se
 from __future__ import annotations
 
 import importlib
+import importlib.abc
+import importlib.util
 import logging
 import sys
 from typing import Any
 
 from . import accessor  # noqa: F401  (registers ds.climax)
 from ._version import __version__
-from .exceptions import CFMappingError, CheckpointError, DataError, GridError, XClimaxError, XClimaxWarning
+from .exceptions import (
+    CFMappingError,
+    CheckpointError,
+    DataError,
+    GridError,
+    ResourceError,
+    XClimaxError,
+    XClimaxWarning,
+)
 from .options import get_options, set_options
 from .vocab import CLIMAX_VARIABLES, FORECAST_VARIABLES
 
@@ -39,7 +49,9 @@ _LAZY = {
     "remap_variables": "nn.checkpoint:remap_variables",
     "compute_stats": "cf.stats:compute_stats",
     "forecast": "api:forecast",
+    "forecast_to_zarr": "api:forecast_to_zarr",
     "downscale": "api:downscale",
+    "project": "api:project",
     "pretrain": "api:pretrain",
     "finetune": "api:finetune",
     "evaluate": "scoring.metrics:evaluate",
@@ -60,6 +72,7 @@ _MODULES = {
     "tasks": "tasks",
     "training": "training",
     "loading": "loading",
+    "distributed": "distributed",
     "vocab": "vocab",
     "testing": "testing",
 }
@@ -71,6 +84,7 @@ __all__ = [
     "GridError",
     "CheckpointError",
     "DataError",
+    "ResourceError",
     "XClimaxWarning",
     "set_options",
     "get_options",
@@ -79,6 +93,26 @@ __all__ = [
     *_LAZY,
     *_MODULES,
 ]
+
+
+class _AliasImporter(importlib.abc.MetaPathFinder, importlib.abc.Loader):
+    """Makes ``import xclimax.tutorial`` / ``from xclimax.baselines import ...`` find the module where it lives."""
+
+    def find_spec(self, fullname: str, path: Any = None, target: Any = None) -> Any:
+        head, _, name = fullname.partition(".")
+        if head != __name__ or _MODULES.get(name, name) == name:
+            return None
+        return importlib.util.spec_from_loader(fullname, self)
+
+    def create_module(self, spec: Any) -> Any:
+        return importlib.import_module(f"{__name__}.{_MODULES[spec.name.partition('.')[2]]}")
+
+    def exec_module(self, module: Any) -> None:  # the real module is already executed
+        pass
+
+
+if not any(isinstance(f, _AliasImporter) for f in sys.meta_path):
+    sys.meta_path.append(_AliasImporter())
 
 
 def __getattr__(name: str) -> Any:

@@ -27,9 +27,20 @@ def resolve_device(device: Any = None) -> "torch.device":
     import torch
 
     device = OPTIONS["device"] if device is None else device
-    if device == "auto":
+    if isinstance(device, str) and device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    return torch.device(device)
+    try:
+        out = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        from .exceptions import XClimaxError
+
+        raise XClimaxError(f"device must be a torch device such as 'cpu', 'cuda', 'cuda:0' or 'auto'; "
+                           f"got {device!r}") from None
+    if out.type == "cuda" and not torch.cuda.is_available():
+        from .exceptions import XClimaxError
+
+        raise XClimaxError(f"device is {device!r} but CUDA is not available on this machine; use 'cpu' or 'auto'")
+    return out
 
 
 def _umask() -> int:

@@ -86,6 +86,7 @@ class ClimaxAccessor:
     check = _Delegate("cf.report")
     forecast = _Delegate("api")
     downscale = _Delegate("api")
+    project = _Delegate("api")
     evaluate = _Delegate("scoring.metrics")
     pretrain = _Delegate("api")
     finetune = _Delegate("api")

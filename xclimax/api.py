@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 import xarray as xr
 
-from .exceptions import DataError
+from .exceptions import XClimaxError
 from .tasks import get_task
 from .tasks.forecast import ForecastTask
 from .training.config import TrainConfig, build_config, with_config_signature
@@ -22,7 +22,7 @@ from .training.config import TrainConfig, build_config, with_config_signature
 if TYPE_CHECKING:  # pragma: no cover
     from .nn.model import ClimaX
 
-__all__ = ["forecast", "downscale", "pretrain", "finetune"]
+__all__ = ["forecast", "forecast_to_zarr", "downscale", "project", "pretrain", "finetune"]
 
 _CONFIG_FIELDS = frozenset(f.name for f in dataclasses.fields(TrainConfig))
 
@@ -37,7 +37,7 @@ def _as_model(model: Any) -> "ClimaX":
         from .nn.checkpoint import load_checkpoint
 
         return load_checkpoint(model)
-    raise DataError(f"model must be an xclimax.ClimaX or the path of a checkpoint; got {type(model).__name__}")
+    raise XClimaxError(f"model must be an xclimax.ClimaX or the path of a checkpoint; got {type(model).__name__}")
 
 
 def forecast(
@@ -52,6 +52,9 @@ def forecast(
     variables: Sequence[str] | None = None,
     extra_variables: Any = None,
     variable_map: dict[str, str] | None = None,
+    out_variables: Sequence[str] | None = None,
+    names: str = "input",
+    output_grid: str = "input",
 ) -> xr.Dataset:
     """Forecast with a ClimaX model from every initial time of ``ds``.
 
@@ -62,26 +65,41 @@ def forecast(
         ``standard_name``, units and vertical coordinate; see :func:`xclimax.tokens.find_variables`).
         Extra dimensions such as ``member`` are kept. Latitude may be in either order and
         longitude in -180..180 or 0..360; results come back in the same conventions.
-    model : xclimax.ClimaX
-        The network, carrying its normalisation statistics in ``model.stats``.
+    model : xclimax.ClimaX or path
+        The network, carrying its normalisation statistics in ``model.stats``, or the path of a
+        checkpoint (read with :func:`xclimax.load_checkpoint`).
     lead_time : str or timedelta
-        Lead time of one model step, e.g. ``"24h"``.
+        Lead time of one model step, e.g. ``"24h"``. A lead the model was not trained for
+        (``model.metadata["lead_time"]`` / ``["lead_times"]``) gives an :class:`~xclimax.XClimaxWarning`.
     steps : int, default 1
         Number of autoregressive steps; the output has lead times ``lead_time * (1..steps)``.
         Needs a model whose outputs cover its time-varying inputs.
     regrid : {None, "bilinear", "conservative"}
-        Regrid inputs to the model grid when ``ds`` is on another grid. ``None`` raises
+        Regrid inputs to the model grid when ``ds`` is on another grid (the forecast is regridded
+        back to ``ds``'s grid unless ``output_grid="model"``). ``None`` raises
         :class:`~xclimax.GridError` on a grid mismatch.
     batch_size : int, optional
-        Initial times per model call, and per dask task for dask input. Default: 8 on CPU and 32 on
-        GPU per model call; for dask input, one task per existing time chunk.
+        Initial times per model call, and per dask task for dask input. Default: as many as fit in
+        memory, at most 8 on CPU and 32 on GPU per model call; for dask input, one task per existing
+        time chunk. A batch whose estimated peak memory does not fit raises
+        :class:`~xclimax.ResourceError` saying what would.
     device : str or torch.device, optional
         Default: the ``device`` option (``"auto"``: CUDA when available).
     variables : sequence of str, optional
-        Output variables (ClimaX names). Default: ``model.metadata["out_variables"]`` if set,
-        otherwise the model's time-varying variables found in ``ds``.
+        Older name of ``out_variables``.
     extra_variables, variable_map
         Passed to :func:`xclimax.tokens.find_variables` to map variables outside the 48 or by name.
+    out_variables : sequence of str, optional
+        Variables to forecast: ClimaX names or data variables of ``ds``. Default: the variables of
+        ``ds`` that the model predicts (``model.metadata["out_variables"]``). Variables that are
+        not in ``ds`` are forecast from the others, with a warning naming them.
+    names : {"input", "climax"}
+        ``"input"`` (default): the forecast uses ``ds``'s variable names, units and vertical
+        coordinate (ERA5 ``z``/``t`` stay ``z``/``t``, CMIP ``zg`` stays geopotential height in m
+        on ``plev`` in Pa), so ``xclimax.evaluate(fc, ds)`` needs no renaming. ``"climax"``:
+        ClimaX base names in the canonical units on ``level`` in hPa.
+    output_grid : {"input", "model"}
+        With ``regrid=``: the forecast on ``ds``'s grid (default) or on the model's grid.
 
     Returns
     -------
@@ -89,6 +107,13 @@ def forecast(
         Dimensions ``(*extra, time, lead_time, [level], lat, lon)`` with a ``valid_time``
         coordinate; CF attributes on every variable; provenance in ``attrs``. Lazy (dask-backed)
         when ``ds`` is dask-backed: one task per batch of initial times.
+
+    Raises
+    ------
+    DataError, CFMappingError, GridError, ResourceError, XClimaxError
+        Before any model work: bad arguments, no usable variables, implausible values (e.g.
+        degC labelled K: checked per batch of initial times, before the model sees it),
+        non-finite values, grids, memory.
 
     Examples
     --------
@@ -103,54 +128,252 @@ def forecast(
     """
     return get_task("forecast").predict(ds, _as_model(model), lead_time=lead_time, steps=steps, regrid=regrid,
                                         batch_size=batch_size, device=device, variables=variables,
-                                        extra_variables=extra_variables, variable_map=variable_map)
+                                        extra_variables=extra_variables, variable_map=variable_map,
+                                        out_variables=out_variables, names=names, output_grid=output_grid)
+
+
+def forecast_to_zarr(
+    ds: xr.Dataset,
+    model: "ClimaX",
+    store: Any,
+    *,
+    lead_time: Any,
+    steps: int = 1,
+    region_size: int | None = None,
+    resume: bool = True,
+    storage_options: Mapping[str, Any] | None = None,
+    **kwargs: Any,
+) -> xr.Dataset:
+    """Forecast into a zarr store region by region, with bounded memory, resuming an interrupted write.
+
+    The forecast is built lazily (:func:`forecast`; an in-memory ``ds`` is first chunked along
+    ``time``) and written in regions of whole zarr chunks along ``time``, one region after
+    another, each computed in parallel on the active dask scheduler or ``distributed.Client``:
+    every task writes its chunk straight to the store, so memory stays bounded by a few chunks
+    per worker however long the forecast. Each finished region is recorded in the store (a small
+    marker array under ``_xclimax/``, invisible to ``xr.open_zarr``); if the write is interrupted
+    (a crash, a pre-empted job, bad input in a later region), calling again with ``resume=True``
+    writes only the regions not yet written. The result equals an uninterrupted write.
+
+    Parameters
+    ----------
+    ds : xarray.Dataset
+        Initial conditions, as for :func:`forecast` (dask-backed for large data).
+    model : xclimax.ClimaX or path
+    store : str, path or zarr store
+        Where to write: a local path, an fsspec URL (with ``storage_options``) or a zarr store.
+    lead_time, steps
+        As for :func:`forecast`.
+    region_size : int, optional
+        Initial times per region, rounded up to whole chunks. Default: two chunks per thread of
+        the cluster (or per CPU core in-process).
+    resume : bool
+        Continue a write into ``store`` that was interrupted: regions already written are skipped.
+        The store must hold the same forecast (same model, lead time, steps, coordinates); if not,
+        :class:`~xclimax.DataError` says what differs. ``False`` replaces ``store``.
+    storage_options : dict, optional
+        fsspec options of a URL ``store``.
+    **kwargs
+        Other arguments of :func:`forecast` (``regrid``, ``batch_size``, ``device``, ``out_variables``, ...).
+
+    Returns
+    -------
+    xarray.Dataset
+        The written forecast, opened lazily from ``store``.
+
+    Examples
+    --------
+    >>> import tempfile, xclimax
+    >>> from xclimax.testing import synthetic_dataset
+    >>> ds = synthetic_dataset(4, variables=["2m_temperature"], grid=(8, 16), constants=False).chunk(time=2)
+    >>> model = xclimax.ClimaX(["2m_temperature"], img_size=(8, 16), embed_dim=16, depth=1, num_heads=2)
+    >>> model.stats = {"2m_temperature": (285.0, 10.0)}
+    >>> fc = xclimax.forecast_to_zarr(ds, model, tempfile.mkdtemp() + "/fc.zarr", lead_time="6h")
+    >>> fc["2m_temperature"].sizes["time"]
+    4
+    """
+    import hashlib
+
+    from .cf.time import as_timedelta, time_dim
+    from .distributed.workers import model_key
+    from .distributed.zarr import write_regions
+
+    model = _as_model(model)
+    if not any(v.chunks is not None for v in ds.data_vars.values()):  # in memory: tasks of a few initial times
+        ds = ds.chunk({time_dim(ds): kwargs.get("batch_size") or 8})
+    fc = forecast(ds, model, lead_time=lead_time, steps=steps, **kwargs)
+    facts = {"model": model_key(model), "lead_time": str(as_timedelta(lead_time)), "steps": int(steps),
+             "options": hashlib.sha256(repr(sorted(kwargs.items())).encode()).hexdigest()}
+    write_regions(fc, store, dim="time", region_size=region_size, resume=resume, fingerprint=facts,
+                  storage_options=storage_options, desc="xclimax forecast_to_zarr")
+    return xr.open_zarr(store, storage_options=storage_options)
 
 
 def downscale(
     ds: xr.Dataset,
     model: "ClimaX",
     *,
-    regrid: str = "bilinear",
+    target_grid: xr.Dataset | xr.DataArray | None = None,
     batch_size: int | None = None,
     device: Any = None,
+    static: xr.Dataset | None = None,
+    regrid: str = "bilinear",
+    target_regrid: str = "bilinear",
+    allow_other_tasks: bool = False,
     variables: Sequence[str] | None = None,
     extra_variables: Any = None,
     variable_map: dict[str, str] | None = None,
+    out_variables: Sequence[str] | None = None,
+    names: str = "input",
+    output_grid: str = "model",
 ) -> xr.Dataset:
     """Downscale coarse fields to the model's (finer) grid, as ClimaX's downscaling set-up does.
 
-    The coarse input is interpolated to the model grid (bilinear by default) and the network
-    is run with lead time 0, predicting the high-resolution fields directly.
+    The coarse input is interpolated onto the model's grid (bilinear by default; never
+    extrapolated) and the network runs with lead time 0, predicting the fine fields. The model
+    must have been fine-tuned for downscaling (``xclimax.finetune(coarse, model,
+    task="downscale", target=fine)``): any other model is refused, since run this way it gives
+    fields that are typically worse than the interpolation itself.
 
     Parameters
     ----------
     ds : xarray.Dataset
-        Coarse fields with a ``time`` dimension.
-    model : xclimax.ClimaX
-        A model fine-tuned for downscaling (``task="downscale"``) on the target grid.
+        Coarse fields with a time dimension, in any CF calendar; numpy- or dask-backed. Their
+        cells must cover the model's grid (a :class:`~xclimax.GridError` names both domains
+        otherwise).
+    model : xclimax.ClimaX or path
+        A model fine-tuned for downscaling (``model.metadata["task"] == "downscale"``), or the path of
+        its checkpoint. Its grid (``model.metadata["grid"]``) is the fine grid.
+    target_grid : xarray.Dataset or xarray.DataArray, optional
+        Deliver the result on this object's lat/lon grid (regridded from the model grid with
+        ``target_regrid``; it must lie within the model's domain) and in its conventions.
+        Default: the model's grid, in ``ds``'s conventions (latitude order, longitude range).
+    batch_size : int, optional
+        Times per model call (and per dask task). Default: as many as fit in memory.
+    device : str or torch.device, optional
+        Default: the ``device`` option.
+    static : xarray.Dataset, optional
+        The fine-resolution inputs the model was trained with (``model.metadata["fine_inputs"]``,
+        e.g. orography and land-sea mask), on the model's grid.
     regrid : {"bilinear", "conservative"}
-        How the coarse input is brought to the model grid.
-    batch_size, device, variables, extra_variables, variable_map
+        How the coarse input is interpolated onto the model grid (use the method the model was
+        trained with, ``model.metadata["regrid"]``).
+    target_regrid : {"bilinear", "conservative"}
+        How the result is regridded onto ``target_grid``.
+    allow_other_tasks : bool, default False
+        Run a model that was not trained for downscaling anyway, with an
+        :class:`~xclimax.XClimaxWarning` saying why it is a bad idea.
+    variables, extra_variables, variable_map, out_variables, names
         As for :func:`forecast`.
+    output_grid : {"model", "input"}
+        ``"input"``: back on ``ds``'s coarse grid (the same as ``target_grid=ds``).
 
     Returns
     -------
     xarray.Dataset
-        Fields on the model grid with dimensions ``(*extra, time, [level], lat, lon)``.
+        The fine fields with dimensions ``(*extra, time, [level], lat, lon)``, in ``ds``'s calendar
+        and variable names; CF attributes on every variable. Lazy (dask-backed) when ``ds`` is.
+
+    Raises
+    ------
+    CheckpointError
+        The model was not trained for downscaling (unless ``allow_other_tasks=True``).
+    GridError
+        ``ds`` does not cover the model's grid, or ``target_grid`` lies outside it.
+    DataError, CFMappingError
+        Bad arguments, missing fine-resolution inputs, implausible values.
 
     Examples
     --------
     >>> import xclimax
     >>> from xclimax.testing import synthetic_dataset
-    >>> coarse = synthetic_dataset(2, variables=["2m_temperature"], grid=(8, 16))
-    >>> model = xclimax.ClimaX(["2m_temperature"], img_size=(16, 32), embed_dim=32, depth=1, num_heads=4)
-    >>> model.stats = {"2m_temperature": (285.0, 10.0)}
-    >>> xclimax.downscale(coarse, model)["2m_temperature"].shape
-    (2, 16, 32)
+    >>> fine = synthetic_dataset(8, variables=["2m_temperature"], grid=(8, 16), constants=False)
+    >>> coarse = fine.coarsen(lat=2, lon=2).mean()
+    >>> base = xclimax.ClimaX(["2m_temperature"], img_size=(8, 16), embed_dim=16, depth=1, num_heads=2)
+    >>> model, _ = xclimax.finetune(coarse, base, task="downscale", target=fine, batch_size=4, max_steps=2)
+    >>> down = xclimax.downscale(coarse, model)
+    >>> down["2m_temperature"].shape, model.metadata["task"]
+    ((8, 8, 16), 'downscale')
     """
-    return get_task("downscale").predict(ds, _as_model(model), regrid=regrid, batch_size=batch_size, device=device,
-                                         variables=variables, extra_variables=extra_variables,
-                                         variable_map=variable_map)
+    return get_task("downscale").predict(ds, _as_model(model), target_grid=target_grid, batch_size=batch_size,
+                                         device=device, static=static, regrid=regrid, target_regrid=target_regrid,
+                                         allow_other_tasks=allow_other_tasks, variables=variables,
+                                         extra_variables=extra_variables, variable_map=variable_map,
+                                         out_variables=out_variables, names=names, output_grid=output_grid)
+
+
+def project(
+    ds: xr.Dataset,
+    model: "ClimaX",
+    *,
+    outputs: Sequence[str] | None = None,
+    target_grid: xr.Dataset | xr.DataArray | None = None,
+    regrid: str | None = None,
+    regrid_method: str = "bilinear",
+    batch_size: int | None = None,
+    device: Any = None,
+    extra_variables: Any = None,
+    variable_map: dict[str, str] | None = None,
+) -> xr.Dataset:
+    """Project the climate response to forcing pathways with a ClimaX ClimateBench model.
+
+    For every year with ``model.history`` years of forcing (that year and the ones before it)
+    the model predicts the response maps of that year, as ClimaX's ClimateBench set-up
+    (``finetune(task="projection")`` makes such a model).
+
+    Parameters
+    ----------
+    ds : xarray.Dataset
+        Yearly forcings (one step per consecutive calendar year, any CF calendar: datetime64 or
+        cftime) with the model's input variables, e.g. ``CO2`` and ``CH4`` (global scalars) and
+        ``SO2`` and ``BC`` (emission maps), found by name or CF ``standard_name``. Batch
+        dimensions (``scenario``, ``member``) are kept.
+    model : ClimaXClimateBench or path
+        A model fine-tuned for projection, or the path of its checkpoint.
+    outputs : sequence of str, optional
+        Responses to return (default: all the model predicts).
+    target_grid : Dataset or DataArray, optional
+        Regrid the result to the latitudes/longitudes of this object (``regrid_method``).
+        Default: the model's grid.
+    regrid : {None, "bilinear", "conservative"}
+        Regrid the forcings to the model grid when ``ds`` is on another grid (``"conservative"``
+        keeps emission totals); None raises :class:`~xclimax.GridError` on a mismatch.
+    regrid_method : {"bilinear", "conservative"}
+        How the result is put on ``target_grid``.
+    batch_size : int, optional
+        Years per model call (default 8 on CPU, 32 on GPU).
+    device : str or torch.device, optional
+        Default: the ``device`` option.
+    extra_variables, variable_map
+        As in :func:`xclimax.tokens.find_variables`.
+
+    Returns
+    -------
+    xarray.Dataset
+        ``(*batch, time, lat, lon)`` per output, on ``ds``'s time axis (same calendar); the first
+        ``history - 1`` years are NaN (not enough forcing history). CF attributes from the
+        training data. Lazy (dask-backed) when ``ds`` is dask-backed.
+
+    Raises
+    ------
+    CheckpointError
+        The model was not trained for projection.
+    CFMappingError, DataError, GridError
+        Missing forcings, non-yearly or too short time axes, grid mismatch.
+
+    Examples
+    --------
+    >>> import xclimax
+    >>> ds = xclimax.tutorial.open_climatebench(["ssp126", "ssp585"], grid=(8, 16), calendar="noleap")
+    >>> base = xclimax.ClimaX(["CO2"], img_size=(8, 16), embed_dim=16, depth=1, num_heads=2)
+    >>> model, _ = xclimax.finetune(ds, base, task="projection", outputs=["tas"], history=3, max_steps=2)
+    >>> out = xclimax.project(ds.sel(scenario="ssp126"), model)
+    >>> out["tas"].dims, out.time.dt.calendar, bool(out["tas"].isel(time=2).notnull().all())
+    (('time', 'lat', 'lon'), 'noleap', True)
+    """
+    return get_task("projection").predict(ds, _as_model(model), outputs=outputs, target_grid=target_grid,
+                                          regrid=regrid, regrid_method=regrid_method, batch_size=batch_size,
+                                          device=device, extra_variables=extra_variables, variable_map=variable_map)
 
 
 @with_config_signature()
@@ -179,7 +402,8 @@ def pretrain(
     ----------
     ds : Dataset, list or dict of Datasets
         CF-annotated data on a ClimaX grid (lat ascending or not, any lon convention), numpy- or
-        dask-backed; or canonical DataArrays ``(*batch, time, variable, lat, lon)``. Several
+        dask-backed; or canonical DataArrays ``(*batch, time, variable, lat, lon)``; or the path
+        or fsspec URL of a zarr store (opened lazily; with ``client=`` each rank reads it). Several
         sources (e.g. CMIP6 models) may hold different variables: each batch comes from one
         source and the model covers the union of their variables.
     model : ClimaX, optional
@@ -191,35 +415,11 @@ def pretrain(
         Inclusive lead-time range (default 6 h to 168 h).
     config : TrainConfig, optional
         The training recipe; keyword arguments named like its fields override it.
-    batch_size, max_steps, epochs
-        Batch size; length of training in optimiser steps, or in epochs (default 1 epoch).
-    lr, betas, weight_decay
-        AdamW settings (ClimaX pre-training: 5e-4, (0.9, 0.95), 1e-5).
-    warmup_steps, warmup_start_lr, eta_min
-        :class:`LinearWarmupCosine` settings (default warm-up: 10 % of the steps, at most 10,000).
-    grad_clip : float or None
-        Maximum gradient norm.
-    accumulate : int
-        Micro-batches per optimiser step.
-    precision : {None, "bf16", "fp16"}
-        Autocast precision (``fp16`` with a gradient scaler, CUDA only). Default: the
-        ``autocast`` option on CUDA, float32 otherwise.
-    seed : int
-        Seeds model initialisation, dropout and the batch order; on CPU runs are reproducible.
-    device : str or torch.device, optional
-        Default: the ``device`` option.
-    checkpoint_dir, checkpoint_every, resume
-        Write the full training state (model, optimiser, scheduler, RNG states, data position,
-        history) every ``checkpoint_every`` steps (default: a tenth of the run) and at the end,
-        atomically; ``resume=True`` continues from the latest one. A resumed run ends with the
-        same weights as an uninterrupted one (bit for bit on CPU).
     val : slice, float, Dataset or None
         Validation data: a time slice or a final fraction of ``ds`` (excluded from training and
         from the statistics), or separate data.
     val_lead_time : optional
         Lead time of the validation pairs (default: the longest of ``lead_times``).
-    val_every : int, optional
-        Validate every ``val_every`` steps (default: at the end of each epoch and of training).
     model_kwargs : dict, optional
         :class:`~xclimax.ClimaX` arguments of a new model.
     stats : {"pooled", "per_source"}
@@ -227,13 +427,7 @@ def pretrain(
         receives the pooled statistics.
     extra_variables, variable_map
         As in :func:`xclimax.tokens.find_variables`.
-    block_size, buffer_size, prefetch
-        :class:`~xclimax.loading.BatchLoader` settings.
-    callback : callable, optional
-        ``callback(step, loss)`` after each optimiser step (and after any checkpoint of that step).
-        On CUDA the losses are read from the GPU every 16 steps (so that the GPU never waits for
-        Python), and the callbacks of those steps are called then, in order.
-
+    {train_settings}
     Returns
     -------
     model : ClimaX
@@ -299,7 +493,22 @@ def finetune(
         The fixed lead time (one model per lead, as in ClimaX); a multiple of the time step.
     task : {"forecast", "downscale", "projection"}
         The task, looked up in :data:`xclimax.tasks.TASKS`; other keyword arguments specific to a
-        task (e.g. ``history`` for "projection") are passed on to it.
+        task (e.g. ``history`` for "projection") are passed on to it. ``"projection"``
+        (ClimateBench): ``inputs`` are forcings (default CO2, SO2, CH4, BC), ``outputs`` responses
+        (default tas, diurnal_temperature_range, pr, pr90), ``history=10`` yearly steps aggregated
+        by attention, the encoder frozen except its LayerNorms (``freeze_encoder=True``), a linear
+        head; ``val`` is the fraction of windows held out (default 0.1) and the best validation
+        weights are kept (``restore_best=True``). Returns a
+        :class:`~xclimax.nn.climatebench.ClimaXClimateBench` for :func:`project`.
+        ``"downscale"``: ``ds`` is the coarse input and ``target`` the fine fields; pairs are their
+        common times (in their calendar); the coarse input is interpolated onto the target's grid
+        (``regrid="bilinear"`` or ``"conservative"``), which must be the model's size (its grid
+        becomes the model's), and the model runs at lead 0. ``inputs`` (default: the coarse
+        variables plus the target's time-independent fields such as orography and land-sea mask)
+        may include variables that are not ``outputs`` (default: the target's time-varying variables
+        that are also coarse inputs). ``residual=True`` (default) predicts the correction to the
+        interpolated input; ``val`` is a time slice or a final fraction. Use the model with
+        :func:`downscale`.
     target : Dataset, optional
         Target data for tasks whose targets are not the inputs' future; must be None for "forecast".
     region : str or dict, optional
@@ -309,12 +518,11 @@ def finetune(
         ``"encoder"`` (everything but the head), ``"embeddings"``, ``"blocks"``, ``"head"`` or a
         list of parameter-name prefixes. New variables' embeddings stay trainable.
     config : TrainConfig, optional
-        The training recipe (default: the task's recipe); keyword arguments named like its fields override it.
-    max_steps, epochs, batch_size, lr, betas, weight_decay, warmup_steps, warmup_start_lr, eta_min, grad_clip,
-    accumulate, precision, seed, device, checkpoint_dir, checkpoint_every, resume, val, val_every,
-    extra_variables, variable_map, block_size, buffer_size, prefetch, callback
-        As in :func:`pretrain` (fine-tuning defaults: betas (0.9, 0.99)).
-
+        The training recipe (default: the task's recipe, e.g. betas (0.9, 0.99) for "forecast");
+        keyword arguments named like its fields override it.
+    val, extra_variables, variable_map
+        As in :func:`pretrain`.
+    {train_settings}
     Returns
     -------
     model : ClimaX
@@ -339,5 +547,5 @@ def finetune(
                  extra_variables=extra_variables, variable_map=variable_map)
     if task == "forecast" or "lead_time" in inspect.signature(the_task.finetune).parameters:
         given["lead_time"] = lead_time
-    return the_task.finetune(ds, model, cfg, **{k: v for k, v in given.items() if v is not None or k == "lead_time"},
-                             **kwargs)
+    return the_task.finetune(ds, _as_model(model), cfg,
+                             **{k: v for k, v in given.items() if v is not None or k == "lead_time"}, **kwargs)

@@ -13,6 +13,7 @@ __all__ = [
     "GridError",
     "CheckpointError",
     "DataError",
+    "ResourceError",
     "XClimaxWarning",
 ]
 
@@ -35,6 +36,10 @@ class CheckpointError(XClimaxError):
 
 class DataError(XClimaxError):
     """Input data are unusable: NaNs, too few time steps, mismatched chunks, ..."""
+
+
+class ResourceError(XClimaxError):
+    """A run would not fit in memory (or on the device): raised before it starts, saying what would fit."""
 
 
 class XClimaxWarning(UserWarning):

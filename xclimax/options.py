@@ -14,6 +14,8 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
+from .exceptions import XClimaxError
+
 __all__ = ["OPTIONS", "set_options", "get_options"]
 
 OPTIONS: dict[str, Any] = {
@@ -29,6 +31,8 @@ OPTIONS: dict[str, Any] = {
     "variable_map": {},
     # training reads of zarr stores decode with the zarrs (Rust) codec pipeline when it is installed
     "zarrs": True,
+    # models kept resident per dask worker (and copies per process), least recently used evicted first
+    "worker_cache_size": 2,
 }
 
 
@@ -36,8 +40,36 @@ def _is_bool(value):
     return isinstance(value, bool)
 
 
+def _is_positive_int(value):
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+
+
 def _is_device(value):
-    return isinstance(value, str) or value is None or type(value).__name__ == "device"
+    """A device torch can use here: "auto", None, "cpu", "cuda", "cuda:1", a torch.device, ...
+
+    Checked when the option is set, so that a typo ("gpu0") or a device this machine lacks
+    fails at once instead of in every later call.
+    """
+    if value is None or value == "auto":
+        return True
+    if not (isinstance(value, str) or type(value).__name__ == "device"):
+        return False
+    import torch
+
+    try:
+        device = torch.device(value)
+    except (RuntimeError, TypeError, ValueError):
+        return False
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise XClimaxError(f"option 'device' is {value!r} but CUDA is not available on this machine; "
+                               "use 'cpu' or 'auto' (CUDA when available)")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise XClimaxError(f"option 'device' is {value!r} but this machine has {torch.cuda.device_count()} "
+                               "CUDA device(s)")
+    if device.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise XClimaxError(f"option 'device' is {value!r} but MPS is not available on this machine")
+    return True
 
 
 def _is_autocast(value):
@@ -48,13 +80,22 @@ def _is_mapping(value):
     return isinstance(value, dict)
 
 
+def _is_criteria(value):
+    return isinstance(value, dict) and all(isinstance(k, str) and isinstance(v, dict) for k, v in value.items())
+
+
+def _is_name_map(value):
+    return isinstance(value, dict) and all(isinstance(k, str) and isinstance(v, str) for k, v in value.items())
+
+
 _VALIDATORS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "progress": (_is_bool, "a bool"),
-    "device": (_is_device, "a device string such as 'cpu', 'cuda' or 'auto'"),
+    "device": (_is_device, "a torch device such as 'cpu', 'cuda', 'cuda:0' or 'auto'"),
     "autocast": (_is_autocast, "None, 'bf16' or 'fp16'"),
-    "extra_variables": (_is_mapping, "a dict {name: criteria}"),
-    "variable_map": (_is_mapping, "a dict {climax name: dataset variable}"),
+    "extra_variables": (_is_criteria, "a dict {name: {criteria}}"),
+    "variable_map": (_is_name_map, "a dict {climax name: dataset variable name}"),
     "zarrs": (_is_bool, "a bool"),
+    "worker_cache_size": (_is_positive_int, "a positive integer"),
 }
 
 
@@ -88,6 +129,9 @@ class set_options:
         Training reads of zarr stores decode with the ``zarrs`` (Rust) codec pipeline when that
         package is installed (default True; ``pip install zarrs``: about twice the loader
         throughput on a 16-core GPU node).
+    worker_cache_size : int
+        Models each dask worker keeps resident (on its device) for lazy predictions, and model
+        copies kept per process; the least recently used is dropped first (default 2).
 
     Examples
     --------
@@ -100,10 +144,10 @@ class set_options:
         self.old: dict[str, Any] = {}
         for key, value in kwargs.items():
             if key not in OPTIONS:
-                raise ValueError(f"unknown xclimax option {key!r}; valid options are {sorted(OPTIONS)}")
+                raise XClimaxError(f"unknown xclimax option {key!r}; valid options are {sorted(OPTIONS)}")
             check, expected = _VALIDATORS[key]
             if not check(value):
-                raise ValueError(f"option {key!r} must be {expected}; got {value!r}")
+                raise XClimaxError(f"option {key!r} must be {expected}; got {value!r}")
             self.old[key] = OPTIONS[key]
         OPTIONS.update(kwargs)
 

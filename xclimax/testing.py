@@ -61,6 +61,7 @@ def synthetic_dataset(
     constants: bool = True,
     chunks: dict | None = None,
     seed: int = 0,
+    calendar: str | None = None,
 ) -> xr.Dataset:
     """A small CF-annotated dataset shaped like WeatherBench 2 ERA5 or CMIP6 output.
 
@@ -85,6 +86,9 @@ def synthetic_dataset(
         If given, the result is chunked with dask.
     seed : int
         Random seed.
+    calendar : str, optional
+        A CF calendar (``"noleap"``, ``"360_day"``, ``"julian"``, ...): times are cftime objects of that
+        calendar. Default: numpy datetime64 (proleptic Gregorian).
 
     Examples
     --------
@@ -93,12 +97,17 @@ def synthetic_dataset(
     ('time', 'level', 'lat', 'lon')
     >>> ds["temperature"].attrs["standard_name"]
     'air_temperature'
+    >>> synthetic_dataset(2, variables=["2m_temperature"], start="2000-02-30", freq="1D", calendar="360_day").time.values[1]
+    cftime.Datetime360Day(2000, 3, 1, 0, 0, 0, 0, has_year_zero=True)
     """
     if style not in ("era5", "cmip"):
         raise ValueError(f"style must be 'era5' or 'cmip'; got {style!r}")
     rng = np.random.default_rng(seed)
     lat, lon = grid_coords(*grid)
-    time = pd.date_range(start, periods=nt, freq=freq)
+    if calendar is None:
+        time = pd.date_range(start, periods=nt, freq=freq)
+    else:
+        time = xr.date_range(start, periods=nt, freq=freq, calendar=calendar, use_cftime=True)
     t_hours = (time - time[0]) / pd.Timedelta("1h")
     t_hours = np.asarray(t_hours, dtype=float)
     wanted = set(variables) if variables is not None else set(_PRESSURE) | set(_SURFACE)

@@ -20,6 +20,7 @@ __all__ = [
     "CLIMAX_VARIABLES",
     "FORECAST_VARIABLES",
     "EXTRA_VARIABLES",
+    "PROJECTION_VARIABLES",
     "VARIABLES",
     "ALIASES",
     "canonical_name",
@@ -112,8 +113,44 @@ EXTRA_VARIABLES: Mapping[str, Mapping] = MappingProxyType(
     }
 )
 
+
+def _named(spec: Mapping, *names: str) -> Mapping:
+    """``spec`` plus the variable names that identify a field lacking a ``standard_name``."""
+    return MappingProxyType({**spec, "names": tuple(names)})
+
+
+#: Variables of the climate-projection task (ClimateBench's names): forcings (CO2 and CH4 as
+#: global scalars, SO2 and black-carbon emission maps; optionally concentrations) and responses
+#: (differences from a pre-industrial control). CF standard names where they exist; the others
+#: are found by name (``names``). Merged into :data:`EXTRA_VARIABLES`, so they are always known.
+PROJECTION_VARIABLES: Mapping[str, Mapping] = MappingProxyType(
+    {
+        "CO2": _named(_spec("forcing", (), None, None, "Gt", "Cumulative anthropogenic CO2 emissions (GtCO2)"),
+                      "CO2", "co2", "cumulative_co2_emissions"),
+        "CH4": _named(_spec("forcing", (), None, None, "Gt yr-1", "Anthropogenic CH4 emissions (GtCH4 per year)"),
+                      "CH4", "ch4", "ch4_emissions"),
+        "SO2": _named(_spec("forcing", ("tendency_of_atmosphere_mass_content_of_sulfur_dioxide_due_to_emission",),
+                            None, None, "kg m-2 s-1", "Anthropogenic SO2 emissions"), "SO2", "so2", "emiso2"),
+        "BC": _named(_spec("forcing", (
+            "tendency_of_atmosphere_mass_content_of_elemental_carbon_dry_aerosol_particles_due_to_emission",),
+            None, None, "kg m-2 s-1", "Anthropogenic black carbon emissions"), "BC", "bc", "emibc"),
+        "co2_concentration": _named(_spec("forcing", ("mole_fraction_of_carbon_dioxide_in_air",), None, None, "1e-6",
+                                          "CO2 concentration (ppm)"), "co2_concentration"),
+        "ch4_concentration": _named(_spec("forcing", ("mole_fraction_of_methane_in_air",), None, None, "1e-9",
+                                          "CH4 concentration (ppb)"), "ch4_concentration"),
+        "tas": _named(_spec("surface", ("air_temperature_anomaly", "air_temperature"), None, 2.0, "K",
+                            "Near-surface air temperature"), "tas"),
+        "diurnal_temperature_range": _named(_spec("surface", (), None, None, "K", "Diurnal temperature range"),
+                                            "diurnal_temperature_range", "dtr"),
+        "pr": _named(_spec("surface", ("precipitation_flux",), None, None, "kg m-2 s-1", "Precipitation"), "pr"),
+        "pr90": _named(_spec("surface", (), None, None, "kg m-2 s-1", "90th percentile of daily precipitation"),
+                       "pr90"),
+    }
+)
+EXTRA_VARIABLES = MappingProxyType({**EXTRA_VARIABLES, **PROJECTION_VARIABLES})
+
 #: Alternative spellings accepted wherever a ClimaX variable name is expected.
-ALIASES: Mapping[str, str] = MappingProxyType({"latitude": "lattitude"})
+ALIASES: Mapping[str, str] = MappingProxyType({"latitude": "lattitude", "dtr": "diurnal_temperature_range"})
 
 
 def canonical_name(name: str) -> str:

@@ -170,6 +170,33 @@ def _aligned(da: xr.DataArray, stats: xr.Dataset | Mapping) -> tuple[xr.DataArra
     return s["mean"].astype(dtype).reset_coords(drop=True), s["std"].astype(dtype).reset_coords(drop=True)
 
 
+def stats_arrays(stats: Mapping[str, tuple[float, float]], names: Iterable[str],
+                 what: str = "the model") -> tuple[np.ndarray, np.ndarray]:
+    """float32 ``mean`` and ``std`` arrays ``[V]`` of ``names`` from ``{name: (mean, std)}``.
+
+    The one place where statistics become arrays (training loader, inference runner); raises
+    :class:`~xclimax.DataError` when a variable has none or its std is not positive and finite.
+
+    Examples
+    --------
+    >>> stats_arrays({"a": (1.0, 2.0), "b": (0.0, 5.0)}, ["b", "a"])
+    (array([0., 1.], dtype=float32), array([5., 2.], dtype=float32))
+    """
+    names = list(names)
+    missing = [v for v in dict.fromkeys(names) if v not in stats]
+    if missing:
+        raise DataError(
+            f"{what} has no normalisation statistics for {missing}; compute them with xclimax.compute_stats(ds) "
+            "and set model.stats = xclimax.normalize.stats_to_dict(stats)"
+        )
+    mean = np.array([float(stats[v][0]) for v in names], dtype=np.float32)
+    std = np.array([float(stats[v][1]) for v in names], dtype=np.float32)
+    bad = [(v, float(stats[v][1])) for v, s in zip(names, std) if not np.isfinite(s) or s <= 0]
+    if bad or not np.isfinite(mean).all():
+        raise DataError(f"normalisation statistics must be finite with a positive std; got {bad or dict(zip(names, mean))}")
+    return mean, std
+
+
 def normalize(da: xr.DataArray, stats: xr.Dataset | Mapping[str, tuple[float, float]]) -> xr.DataArray:
     """``(da - mean) / std`` per variable, aligned on the ``variable`` coordinate (lazy).
 

@@ -99,6 +99,23 @@ _FALLBACK_NAMES: dict[str, tuple[str, ...]] = {
     "precipitation_amount": ("total_precipitation", "tp"),
     "toa_incoming_shortwave_flux": ("toa_incident_solar_radiation", "tisr"),
 }
+#: heights (m) accepted for a near-surface variable of a nominal height: screen-level air temperature is
+#: measured between 1.25 m and 2 m (WMO); climate models report it at 1.5 m (Met Office: HadCM3, HadGEM,
+#: UKESM) or 2 m. Winds are at 10 m.
+_HEIGHTS = {2.0: (1.25, 2.0), 10.0: (10.0, 10.0)}
+
+
+def _height_fits(height: Any, nominal: float) -> np.ndarray:
+    lo, hi = _HEIGHTS.get(float(nominal), (float(nominal), float(nominal)))
+    h = np.asarray(height, dtype=float)
+    return (h >= lo - 0.01) & (h <= hi + 0.01)
+
+
+def _heights_text(nominal: float) -> str:
+    lo, hi = _HEIGHTS.get(float(nominal), (float(nominal), float(nominal)))
+    return f"{nominal:g} m" if lo == hi else f"{nominal:g} m ({lo:g} to {hi:g} m accepted)"
+
+
 # height implied by a name (when no height coordinate exists)
 _NAME_HEIGHT = {"2m_temperature": 2.0, "t2m": 2.0, "2t": 2.0, "tas": 2.0, "10m_u_component_of_wind": 10.0,
                 "u10": 10.0, "10u": 10.0, "uas": 10.0, "10m_v_component_of_wind": 10.0, "v10": 10.0, "10v": 10.0,
@@ -130,6 +147,9 @@ class VariableSource:
         Human-readable description of the unit conversion ("" if none).
     drop_dims : tuple of str
         Size-1 dimensions (e.g. ``height``) squeezed away.
+    height : float or None
+        Height above ground (m) of a near-surface source, from its height coordinate (1.5 for a
+        Met Office ``tas``); None when the data have no height coordinate.
     """
 
     name: str
@@ -143,13 +163,15 @@ class VariableSource:
     offset: float = 0.0
     conversion: str = ""
     drop_dims: tuple[str, ...] = ()
+    height: float | None = None
 
     def describe(self) -> str:
         """One line: source, selection and conversion."""
         src = self.source if self.source is not None else "<latitude coordinate>"
         sel = "".join(f"[{d}={self.level:g}]" for d in self.selection) if self.level is not None else ""
+        at = f" at {self.height:g} m" if self.height is not None else ""
         conv = f" ({self.conversion})" if self.conversion else ""
-        return f"{self.name} <- {src}{sel}{conv}"
+        return f"{self.name} <- {src}{sel}{at}{conv}"
 
 
 def _vertical_dims(da: xr.DataArray, ds: xr.Dataset) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
@@ -203,15 +225,17 @@ def _candidates(ds: xr.Dataset, name: str, spec: Mapping[str, Any]) -> list[str]
 
 def _match(
     ds: xr.Dataset, name: str, var: str, spec: Mapping[str, Any], *, explicit: bool = False
-) -> tuple[dict, float | None, tuple, str]:
-    """Try variable ``var`` for ``spec``: (selection, level, drop_dims, reason-if-rejected).
+) -> tuple[dict, float | None, tuple, str, float | None]:
+    """Try variable ``var`` for ``spec``: (selection, level, drop_dims, reason-if-rejected, height in m).
 
     A scalar coordinate of a Dataset is attached to every data variable, so a scalar pressure
     coordinate (left by ``ds.sel(plev=85000)``) cannot tell ``ta`` from ``tas``: a variable named
     as a near-surface field (``tas``, ``t2m``, ...) is then not taken as a pressure-level field,
     and a near-surface field is only taken from such a variable when its name says so or it was
     mapped explicitly (``explicit``, from ``variable_map``). A pressure *dimension*, whatever its
-    size, always rules a variable out as a near-surface field.
+    size, always rules a variable out as a near-surface field (a level is not a height).
+    Near-surface heights within :data:`_HEIGHTS` are accepted (1.5 m air temperature); an explicit
+    mapping overrides a height mismatch, with an :class:`~xclimax.XClimaxWarning`.
     """
     da = ds[var]
     pressure, height = _vertical_dims(da, ds)
@@ -222,17 +246,17 @@ def _match(
     drop: list[str] = []
     if kind == "pressure":
         if not pressure:
-            return {}, None, (), f"{var!r} has no pressure-level coordinate"
+            return {}, None, (), f"{var!r} has no pressure-level coordinate", None
         (dim, values), = list(pressure.items())[:1]
         if dim not in da.dims and implied is not None and not explicit:
-            return {}, None, (), f"{var!r} is named as a {implied:g} m field (its scalar {dim} is the Dataset's)"
+            return {}, None, (), f"{var!r} is named as a {implied:g} m field (its scalar {dim} is the Dataset's)", None
         hits = np.flatnonzero(np.isclose(values, float(level), atol=0.01, rtol=1e-5))
         if hits.size == 0:
-            return {}, None, (), f"{var!r} has {dim} levels {np.round(values, 3).tolist()} hPa, not {level} hPa"
+            return {}, None, (), f"{var!r} has {dim} levels {np.round(values, 3).tolist()} hPa, not {level} hPa", None
         coord_values = np.atleast_1d(np.asarray((da.coords[dim] if dim in da.coords else ds[dim]).values, float))
         if dim in da.dims:
             sel[dim] = int(hits[0])
-        return sel, float(coord_values[hits[0]]), (), ""
+        return sel, float(coord_values[hits[0]]), (), "", None
     if kind == "surface" and want_h is not None:
         # near-surface (2 m / 10 m): a height coordinate or no vertical coordinate at all
         for dim in da.dims:
@@ -240,38 +264,50 @@ def _match(
                 return {}, None, (), (
                     f"{var!r} has a pressure-level dimension {dim!r} (size {da.sizes[dim]}), "
                     f"so it is not a {want_h:g} m field"
-                )
+                ), None
         scalars = [c for c in pressure if c not in da.dims]
         if scalars and implied is None and not explicit:
             return {}, None, (), (
                 f"{var!r} has a scalar pressure coordinate {scalars[0]!r} = {float(pressure[scalars[0]][0]):g} hPa, "
                 f"so it is not taken as a {want_h:g} m field (map it with variable_map if it is one)"
-            )
+            ), None
     # surface / constant: no pressure dimension of size > 1
     for dim in pressure:
         if dim in da.dims and da.sizes[dim] > 1:
-            return {}, None, (), f"{var!r} is on pressure levels ({dim})"
+            return {}, None, (), f"{var!r} is on pressure levels ({dim})", None
         if dim in da.dims:
             drop.append(dim)
     if want_h is not None:
         if height:
             (dim, values), = list(height.items())[:1]
-            hits = np.flatnonzero(np.isclose(values, float(want_h), atol=0.01))
+            hits = np.flatnonzero(_height_fits(values, want_h))
+            if hits.size == 0 and explicit and values.size == 1:
+                warnings.warn(
+                    f"{name} <- {var!r}: {var!r} is at height {values[0]:g} m, not {_heights_text(want_h)}; "
+                    "used because variable_map maps it", XClimaxWarning, stacklevel=5,
+                )
+                hits = np.array([0])
             if hits.size == 0:
-                return {}, None, (), f"{var!r} is at height {values.tolist()} m, not {want_h:g} m"
+                return {}, None, (), (
+                    f"{var!r} is at height {values.tolist()} m, not {_heights_text(want_h)}"
+                    + (f" (map it with variable_map={{{name!r}: {var!r}}} if it is one)" if values.size == 1 else "")
+                ), None
             if dim in da.dims:
                 if da.sizes[dim] > 1:
                     sel[dim] = int(hits[0])
                 else:
                     drop.append(dim)
-            return sel, None, tuple(drop), ""
+            return sel, None, tuple(drop), "", float(values[hits[0]])
         implied = _NAME_HEIGHT.get(var)
-        if implied is not None and abs(implied - float(want_h)) > 0.01:
-            return {}, None, (), f"{var!r} is named as a {implied:g} m field, not {want_h:g} m"
+        if implied is not None and not _height_fits(implied, want_h):
+            if not explicit:
+                return {}, None, (), f"{var!r} is named as a {implied:g} m field, not {want_h:g} m", None
+            warnings.warn(f"{name} <- {var!r}: {var!r} is named as a {implied:g} m field, not {want_h:g} m; "
+                          "used because variable_map maps it", XClimaxWarning, stacklevel=5)
     for dim in height:
         if dim in da.dims and da.sizes[dim] == 1:
             drop.append(dim)
-    return sel, None, tuple(drop), ""
+    return sel, None, tuple(drop), "", None
 
 
 def _user_map(variable_map: Mapping[str, str] | None) -> dict[str, str]:
@@ -337,17 +373,17 @@ def resolve_variables(
             cands = cache[ckey]
         reasons, matches = [], []
         for var in cands:
-            sel, level, drop, why = _match(ds, name, var, spec, explicit=name in umap)
+            sel, level, drop, why, height = _match(ds, name, var, spec, explicit=name in umap)
             if why:
                 reasons.append(why)
             else:
-                matches.append((var, sel, level, drop))
+                matches.append((var, sel, level, drop, height))
         if not matches:
             what = [f"standard_name in {list(spec['standard_name'])}"] if name not in umap else [f"variable {umap[name]!r}"]
             if spec.get("level") is not None:
                 what.append(f"at {spec['level']} hPa on a pressure coordinate")
             if spec.get("height") is not None:
-                what.append(f"at height {spec['height']:g} m (or no height coordinate)")
+                what.append(f"at height {_heights_text(spec['height'])} (or no height coordinate)")
             missing[name] = " ".join(what) + (f"; candidates rejected: {'; '.join(reasons)}" if reasons else "; no candidate")
             continue
         if len(matches) > 1 and name not in umap:
@@ -359,7 +395,7 @@ def resolve_variables(
                     f"pick one with variable_map={{{name!r}: ...}}"
                 )
                 continue
-        var, sel, level, drop = matches[0]
+        var, sel, level, drop, height = matches[0]
         units = ds[var].attrs.get("units")
         if units is None:
             conv: tuple[float, float, str] | None = (1.0, 0.0, "")
@@ -374,7 +410,7 @@ def resolve_variables(
         scale, offset, text = conv
         found[name] = VariableSource(
             name, var, spec["kind"], dict(sel), level, None if units is None else str(units), target,
-            scale, offset, text, drop,
+            scale, offset, text, drop, height,
         )
     if no_units:
         warnings.warn(
@@ -467,6 +503,8 @@ def _source_array(ds: xr.Dataset, src: VariableSource, time: str) -> xr.DataArra
     extra = [d for d in da.dims if d not in ("lat", "lon", time) and d in ds.coords and pressure_to_hpa(ds[d]) is not None]
     if extra:
         raise CFMappingError(f"{src.name}: variable {src.source!r} still has vertical dimensions {extra} after selection")
+    if da.dtype != np.float64:  # float16 would overflow in the conversion (zg * 9.8); ints and bools are exact
+        da = da.astype(np.float32)
     if src.scale != 1.0 or src.offset != 0.0:
         da = da * src.scale + src.offset
     return da.astype(np.float32)
@@ -578,7 +616,10 @@ def from_array(
     where a variable has none (an outer join, as :func:`xarray.merge`). With ``like`` (the user's input Dataset), the
     vertical coordinate reuses its name, units and order (e.g. ``plev`` in Pa) and the data
     variables reuse its names where it had them (``z``, ``t2m``, ``ta``, ...).
-    Other dims (batch, ``time``, ``lead_time``) pass through untouched.
+    Other dims (batch, ``time``, ``lead_time``) pass through untouched, and so do the scalar
+    coordinates of ``like`` (a ``height`` of 1.5 m, a cftime reference time, a string
+    ``member_id``) and its non-index coordinates along shared dims. Near-surface variables
+    record the height they were found at in ``height_m`` (1.5 for a Met Office ``tas``).
 
     By default (``units="canonical"``) values stay in the canonical ClimaX units stated by the
     ``units`` attribute, and a name of ``like`` is only reused when its units needed no
@@ -660,6 +701,8 @@ def from_array(
         x.attrs = {}
         src = sources.get(n)
         attrs = attrs_for(n, None if default == n else default)
+        if src is not None and src.height is not None and "height_m" in attrs:
+            attrs["height_m"] = src.height  # as found (1.5 m air temperature), not the nominal 2 m
         if src is None or src.source is None:
             return default, x.assign_attrs(attrs)
         if src.scale == 1.0 and src.offset == 0.0:
@@ -703,11 +746,34 @@ def from_array(
             if var in ragged:
                 x = x.reindex({level_name: np.asarray(union, dtype=x[level_name].dtype)})
             out[var] = x.assign_coords({level_name: x[level_name].assign_attrs(level_attrs)})
+    if like is not None:
+        out = out.assign_coords(carried_coords(like, out))
     for c in ("lat", "lon"):
         if c in out.coords and not out[c].attrs:
             out[c].attrs = {"lat": {"standard_name": "latitude", "units": "degrees_north", "axis": "Y"},
                             "lon": {"standard_name": "longitude", "units": "degrees_east", "axis": "X"}}[c]
     return out
+
+
+def carried_coords(like: xr.Dataset, out: xr.Dataset) -> dict[str, xr.Variable]:
+    """Coordinates of ``like`` that pass through untouched to ``out``: scalar coordinates (a ``height``,
+    a cftime reference time, a string ``member_id``) and non-index coordinates along dimensions that
+    ``out`` shares with identical values. Vertical pressure coordinates and grid coordinates are not
+    carried (the output has its own)."""
+    keep: dict[str, xr.Variable] = {}
+    for c, coord in like.coords.items():
+        if c in out.coords or c in out.dims or c in like.dims or {"lat", "lon"} & set(coord.dims):
+            continue
+        if coord.ndim == 0 and pressure_to_hpa(coord) is not None:
+            continue  # the level the input selected (``ds.sel(plev=85000)``)
+        same = all(
+            d in out.dims and out.sizes[d] == like.sizes[d]
+            and (d not in like.indexes or d not in out.indexes or like.indexes[d].equals(out.indexes[d]))
+            for d in coord.dims
+        )
+        if same:
+            keep[str(c)] = coord.variable
+    return keep
 
 
 # --------------------------------------------------------------------------------------------

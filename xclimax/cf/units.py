@@ -71,6 +71,8 @@ PRESSURE_NAMES = ("level", "isobaricInhPa", "plev", "pressure_level", "pressure"
 
 def pressure_to_hpa(coord: xr.DataArray) -> np.ndarray | None:
     """Values of a vertical coordinate in hPa, or None if it is not a pressure coordinate."""
+    if coord.dtype.kind not in "iuf":  # times (a cftime scalar), strings (member_id), ...: not a level
+        return None
     units = _unit_key(coord.attrs.get("units"))
     values = np.asarray(coord.values, dtype=float)
     if units == "Pa":
@@ -88,6 +90,30 @@ def pressure_to_hpa(coord: xr.DataArray) -> np.ndarray | None:
 
 
 def is_height(coord: xr.DataArray) -> bool:
+    if coord.dtype.kind not in "iuf":
+        return False
     return coord.attrs.get("standard_name") == "height" or coord.name in ("height", "heightAboveGround")
 
 
+
+
+def between(found: Any, target: Any) -> tuple[float, float, str] | None:
+    """``(scale, offset, description)`` with ``target = found * scale + offset``, either way round; None if impossible.
+
+    Examples
+    --------
+    >>> between("degC", "K")[:2]
+    (1.0, 273.15)
+    >>> between("K", "degC")[:2]
+    (1.0, -273.15)
+    >>> between("K", "m s-1") is None
+    True
+    """
+    direct = conversion(target, found)
+    if direct is not None:
+        return direct
+    reverse = conversion(found, target)
+    if reverse is None or reverse[0] == 0:
+        return None
+    scale, offset, _ = reverse
+    return 1.0 / scale, -offset / scale, f"{found} -> {target}"

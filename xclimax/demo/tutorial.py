@@ -27,9 +27,11 @@ from ..cf.grid import grid_coords
 from ..exceptions import DataError
 from ..vocab import PRESSURE_VARIABLES
 from . import atmosphere
+from .climatebench import open_climatebench  # ClimateBench-like projection data (FaIR-driven)
 
 __all__ = [
     "DEMO_YEARS", "DEMO_LEVELS", "SPLITS", "VERSION", "cache_dir", "open_dataset", "split", "load_model", "DEMO_MODEL_PATH",
+    "open_climatebench",
 ]
 
 logger = logging.getLogger(__name__)
@@ -76,9 +78,13 @@ def _key(seed: int, days: float | None) -> str:
     return hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()[:12]
 
 
+def _state_path(year: int, seed: int, days: float | None) -> Path:
+    return cache_dir() / f"demo-v{VERSION}-{_key(seed, days)}-{year}.nc"
+
+
 def _year_state(year: int, seed: int, days: float | None, cache: bool) -> tuple[pd.DatetimeIndex, dict[str, np.ndarray]]:
     """Model state of one year, from the cache or freshly integrated (then cached atomically)."""
-    path = cache_dir() / f"demo-v{VERSION}-{_key(seed, days)}-{year}.nc"
+    path = _state_path(year, seed, days)
     if cache and path.exists():
         with xr.open_dataset(path) as f:
             f = f.load()
@@ -93,12 +99,73 @@ def _year_state(year: int, seed: int, days: float | None, cache: bool) -> tuple[
     return time, state
 
 
+def _year_file(year: int, seed: int, days: float | None) -> tuple[pd.DatetimeIndex, Path]:
+    """The times and the cached state file of one year (integrated and written first when missing)."""
+    path = _state_path(year, seed, days)
+    if not path.exists():
+        _year_state(year, seed, days, True)
+    with xr.open_dataset(path) as f:
+        return pd.DatetimeIndex(f["time"].values), path
+
+
+def _derive_piece(parts: tuple[tuple[str, int, int], ...]) -> dict[str, np.ndarray]:
+    """The demo fields of time steps ``[a, b)`` of cached state files (a task of ``open_dataset(chunks=...)``)."""
+    lat, lon = grid_coords(32, 64)
+    out = []
+    for path, a, b in parts:
+        with xr.open_dataset(path) as f:
+            f = f.isel(time=slice(a, b)).load()
+        state = {k: f[k].values for k in f.data_vars}
+        out.append(atmosphere.derive_fields(pd.DatetimeIndex(f["time"].values), lat, lon, state, levels=DEMO_LEVELS))
+    return {k: np.concatenate([o[k] for o in out]) if out[0][k].ndim > 2 else out[0][k] for k in out[0]}
+
+
+def _time_chunk(chunks: Any, n: int) -> int | None:
+    """The time chunk of ``open_dataset(chunks=...)``: an int, the whole axis, or None (other forms)."""
+    if not isinstance(chunks, dict):
+        return None
+    step = chunks.get("time", -1)
+    if step is None or step == -1:
+        return n
+    return int(step) if isinstance(step, (int, np.integer)) and not isinstance(step, bool) and step > 0 else None
+
+
+def _lazy_fields(paths: Sequence[Path], sizes: Sequence[int], step: int) -> dict[str, Any]:
+    """Dask-backed demo fields: one task per time chunk derives that chunk from the cached state files.
+
+    The graph holds file names and slices, never the data: a cluster's workers compute their
+    chunks themselves (they must see :func:`cache_dir`) instead of receiving them from the client.
+    """
+    import dask
+    import dask.array as dsa
+
+    probe = _derive_piece(((str(paths[0]), 0, 1),))  # shapes, dtypes and the constant fields
+    offsets = np.cumsum([0, *sizes])
+    pieces = []
+    for a in range(0, int(offsets[-1]), step):
+        b = min(int(offsets[-1]), a + step)
+        parts = tuple((str(p), int(max(a, lo) - lo), int(min(b, hi) - lo))
+                      for p, lo, hi in zip(paths, offsets[:-1], offsets[1:]) if a < hi and b > lo)
+        pieces.append((b - a, dask.delayed(_derive_piece, pure=True)(parts)))
+    out: dict[str, Any] = {}
+    for var, value in probe.items():
+        if value.ndim == 2:
+            out[var] = value
+        else:
+            out[var] = dsa.concatenate([dsa.from_delayed(d[var], (m, *value.shape[1:]), dtype=value.dtype)
+                                        for m, d in pieces])
+    return out
+
+
 def _years(years: int | Sequence[int]) -> list[int]:
     if isinstance(years, (int, np.integer)) and not isinstance(years, bool):
         if not 1 <= years <= 50:
             raise DataError(f"years must be a number of years between 1 and 50 or a list of calendar years; got {years}")
         return [DEMO_YEARS[0] + i for i in range(int(years))]
-    out = [int(y) for y in years]
+    try:
+        out = [int(y) for y in ([years] if isinstance(years, str) else years)]
+    except (TypeError, ValueError):
+        raise DataError(f"years must be a number of years or a list of calendar years; got {years!r}") from None
     if not out or len(set(out)) != len(out) or any(not 1900 <= y <= 2200 for y in out):
         raise DataError(f"years must be distinct calendar years between 1900 and 2200; got {list(years)}")
     return sorted(out)
@@ -131,7 +198,9 @@ def open_dataset(
         years, e.g. ``[2002]`` for the held-out year alone.  A year is the same whatever else is
         requested.
     chunks : dict, optional
-        Chunk the result with dask (e.g. ``{"time": 124}``).
+        Chunk the result with dask (e.g. ``{"time": 124}``). With ``cache`` each time chunk is
+        one task that derives its fields from the cached model output, so the task graph stays
+        small (nothing large is sent to a dask cluster; its workers must see :func:`cache_dir`).
     cache : bool
         Read and write the model output in :func:`cache_dir` (files keyed by generator version and
         parameters, written atomically).
@@ -166,12 +235,19 @@ def open_dataset(
         raise DataError(f"unknown tutorial dataset {name!r}; expected 'demo'")
     wanted = _years(years)
     lat, lon = grid_coords(32, 64)
-    times, fields = [], []
+    times, fields, paths = [], [], []
+    lazy = bool(chunks) and cache and _time_chunk(chunks, 1) is not None  # chunks derived by their own tasks
     for year in wanted:
-        time, state = _year_state(year, seed, days, cache)
+        if lazy:
+            time, path = _year_file(year, seed, days)
+            paths.append(path)
+        else:
+            time, state = _year_state(year, seed, days, cache)
+            fields.append(atmosphere.derive_fields(time, lat, lon, state, levels=DEMO_LEVELS))
         times.append(time)
-        fields.append(atmosphere.derive_fields(time, lat, lon, state, levels=DEMO_LEVELS))
     time = times[0].append(times[1:]) if len(times) > 1 else times[0]
+    if lazy:
+        fields = [_lazy_fields(paths, [len(t) for t in times], _time_chunk(chunks, len(time)))]
     coords = {
         "time": ("time", time, {"standard_name": "time", "long_name": "time", "axis": "T"}),
         "level": ("level", np.asarray(DEMO_LEVELS, dtype=np.int64), {
@@ -209,8 +285,10 @@ def open_dataset(
         "note": "each calendar year is an independent realisation: no continuity across 31 Dec -> 1 Jan",
         "generator_config": json.dumps(atmosphere.AtmosphereConfig().to_dict()),
     }
-    if chunks:
+    if chunks and not lazy:
         ds = ds.chunk(chunks)
+    elif lazy and any(k != "time" for k in chunks):
+        ds = ds.chunk({k: v for k, v in chunks.items() if k != "time"})
     return ds
 
 

@@ -36,6 +36,7 @@ from typing import Any, Iterator, Mapping, Sequence
 import numpy as np
 import xarray as xr
 
+from ..cf.stats import stats_arrays
 from ..exceptions import DataError
 from .index import SampleIndex, sample_index
 from .readers import ArrayReader, DatasetReader, canonical_order, chunk_runs
@@ -51,7 +52,7 @@ class Batch:
     """One batch: normalised ``x [B, Vin, H, W]``, ``y [B, Vout, H, W]`` and ``lead_hours [B]``.
 
     ``source`` names the dataset the batch comes from (all samples of a batch share their
-    variables); ``time`` holds the input times (numpy datetime64).
+    variables); ``time`` holds the input times (datetime64 or cftime, as in the data).
     """
 
     x: Any
@@ -61,12 +62,16 @@ class Batch:
     out_variables: tuple[str, ...]
     source: str
     time: np.ndarray
+    #: data-parallel training (``BatchLoader(rank=, world_size=)``): samples in the whole global batch, and
+    #: per-sample weights of this rank's part (0 for the stand-in sample of a rank whose part is empty)
+    global_size: int | None = None
+    weight: Any = None
 
     def to(self, device: Any, non_blocking: bool = False) -> "Batch":
         """Move the tensors to ``device``."""
         move = lambda t: t.to(device, non_blocking=non_blocking)  # noqa: E731
         return Batch(move(self.x), move(self.y), move(self.lead_hours), self.variables, self.out_variables,
-                     self.source, self.time)
+                     self.source, self.time, self.global_size, None if self.weight is None else move(self.weight))
 
 
 @dataclass
@@ -184,7 +189,14 @@ class BatchLoader:
         variables: Sequence[str] | Mapping[str, Sequence[str]] | None = None,
         extra_variables: Any = None,
         variable_map: Mapping[str, str] | None = None,
+        rank: int = 0,
+        world_size: int = 1,
     ) -> None:
+        self._args = {k: v for k, v in locals().items() if k not in ("self", "__class__")}  # see __reduce__
+        if isinstance(world_size, bool) or not isinstance(world_size, int) or world_size < 1 or not 0 <= rank < world_size:
+            raise DataError(f"rank must be in [0, world_size) with world_size >= 1; got rank={rank!r}, "
+                            f"world_size={world_size!r}")
+        self.rank, self.world_size = int(rank), int(world_size)
         if isinstance(sources, (xr.DataArray, xr.Dataset)):
             sources = {"data": sources}
         if batch_size < 1:
@@ -233,14 +245,14 @@ class BatchLoader:
             missing = [v for v in reader.names if v not in st]
             if missing:
                 raise DataError(f"no normalisation statistics for {missing} (source {name!r})")
-            self._check_stats(st, reader.names)
+            mean, std = stats_arrays(st, reader.names, f"source {name!r}")
             m = None if mask is None else mask.get(name)
             idx = sample_index(reader.times, lead_times, mask=m)
             n_series = int(np.prod(reader.series_shape, dtype=np.int64))
             src = _Source(
                 name, reader, reader.times, ins, outs, [idx] * n_series, reader.chunks,
-                mean=np.array([st[v][0] for v in reader.names], np.float32)[:, None, None],
-                std=np.array([st[v][1] for v in reader.names], np.float32)[:, None, None],
+                mean=mean[:, None, None],
+                std=std[:, None, None],
                 in_ids=np.array([reader.names.index(v) for v in ins]),
                 out_ids=np.array([reader.names.index(v) for v in outs]),
             )
@@ -253,12 +265,6 @@ class BatchLoader:
         per_unit = [u[4] for u in self._units]
         self.buffer_size = int(buffer_size) if buffer_size else max(2 * self.batch_size, int(np.median(per_unit)))
         self.buffer_size = max(self.buffer_size, self.batch_size)
-
-    @staticmethod
-    def _check_stats(st: Mapping[str, Any], names: Sequence[str]) -> None:
-        bad = [v for v in names if not np.isfinite(st[v][1]) or st[v][1] <= 0]
-        if bad:
-            raise DataError(f"normalisation std must be positive and finite; got {[(v, st[v][1]) for v in bad]}")
 
     def _make_units(self, block_size: int | None, max_lead_steps: int) -> list[tuple]:
         """Blocks of input times: (source no., series, start, stop, n inputs), chunk-aligned."""
@@ -361,6 +367,10 @@ class BatchLoader:
         import torch
 
         plan = plan[start:]
+        shares = None
+        if self.world_size > 1:  # data-parallel: this rank reads and serves only its part of each global batch
+            shares = [self.share(batch) for batch in plan]
+            plan = [s[0] for s in shares]
 
         def key(u: int, t: int) -> tuple[int, int, int]:  # (source, series, time chunk) holding step t
             s_no, series = self._units[u][:2]
@@ -425,7 +435,10 @@ class BatchLoader:
                         keys = {(s_, r_, c_) for (s_, r_), cs in groups.items() for c_ in cs}
                         inflight.update(keys)
                         pending[u] = (pool.submit(read, groups), keys)
-                yield self._assemble(batch, cache, key, torch)
+                out = self._assemble(batch, cache, key, torch)
+                if shares is not None:
+                    out.global_size, out.weight = shares[b][1], torch.tensor(shares[b][2], dtype=torch.float32)
+                yield out
                 for k in needs[b]:
                     uses[k].popleft()
                     if not uses[k]:
@@ -460,6 +473,27 @@ class BatchLoader:
         times = src.times[[s[1] for s in batch]]
         return Batch(x, y, lead, src.inputs, src.outputs, src.name, times)
 
+    def share(self, batch: list) -> tuple[list, int, list[float]]:
+        """This rank's part of a global batch: ``(samples, global batch size, sample weights)``.
+
+        The samples are ordered by block and input time and cut into ``world_size`` contiguous
+        parts of (nearly) equal size, so that each rank tends to read other time chunks. A rank
+        whose part is empty (a global batch smaller than ``world_size``) gets the first sample
+        with weight 0: every rank takes part in each gradient exchange. The global plan is the
+        same on every rank (it depends on the seed only), so the parts cover each batch once.
+        """
+        ordered = sorted(batch, key=lambda s: (s[0], s[1]))
+        parts = np.array_split(np.arange(len(ordered)), self.world_size)
+        mine = [ordered[i] for i in parts[self.rank]]
+        if not mine:
+            return [ordered[0]], len(batch), [0.0]
+        return mine, len(batch), [1.0] * len(mine)
+
+    def __reduce__(self) -> tuple:
+        """Pickled as its arguments, rebuilt where it is unpickled (a data-parallel rank on a dask
+        worker re-opens the data there: a zarr-backed Dataset is read straight from its store)."""
+        return (_rebuild_loader, (type(self), self._args))
+
     def epoch(self, epoch: int, start: int = 0) -> Iterator[Batch]:
         """Iterate over the batches of ``epoch``, beginning at batch number ``start`` (for resuming).
 
@@ -468,6 +502,10 @@ class BatchLoader:
         """
         gen = self._batches(self.plan(epoch), start)
         return _Prefetcher(gen, self.prefetch) if self.prefetch > 0 else gen
+
+
+def _rebuild_loader(cls: type, args: dict) -> BatchLoader:
+    return cls(**args)
 
 
 class _Prefetcher:

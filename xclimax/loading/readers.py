@@ -63,7 +63,7 @@ class ArrayReader:
     def __init__(self, da: xr.DataArray) -> None:
         self.array = da
         self.names = tuple(str(v) for v in da["variable"].values)
-        self.times = np.asarray(da["time"].values, dtype="datetime64[ns]")
+        self.times = np.asarray(da["time"].values)  # datetime64 or cftime, never converted
         self.batch_dims = tuple(da.dims[:-4])
         self.series_shape = tuple(da.shape[:-4])
         self.chunks = tuple(int(c) for c in da.chunks[-4]) if da.chunks else (self.times.size,)
@@ -130,19 +130,18 @@ class DatasetReader:
                  variable_map: Mapping[str, str] | None = None) -> None:
         from ..cf import tokens
         from ..cf.grid import normalize_grid
+        from ..cf.time import time_dim
 
         norm, _ = normalize_grid(ds)
-        if "time" not in norm.dims:
-            t = [d for d in norm.cf.axes.get("T", []) if d in norm.dims] if hasattr(norm, "cf") else []
-            if not t:
-                raise DataError(f"expected a 'time' dimension (or one with axis='T'); found dims {dict(norm.sizes)}")
-            norm = norm.rename({t[0]: "time"})
+        tdim = time_dim(norm)
+        if tdim != "time":
+            norm = norm.rename({tdim: "time"})
         found = tokens.find_variables(norm, names, extra_variables=extra_variables, variable_map=variable_map,
                                       strict=names is not None)
         if not found:
             raise DataError(f"no ClimaX variable found in the Dataset (data variables: {list(ds.data_vars)})")
         self.names = tuple(found)
-        self.times = np.asarray(norm["time"].values, dtype="datetime64[ns]")
+        self.times = np.asarray(norm["time"].values)  # datetime64 or cftime, never converted
         self.shape = (norm.sizes["lat"], norm.sizes["lon"])
         self.step_bytes = 4 * len(self.names) * int(np.prod(self.shape))
         self.lat = np.asarray(norm["lat"].values, dtype=np.float32)

@@ -359,12 +359,13 @@ def _token_grid(
 ):
     """Token grid (h, w) of the stored pos_embed: from the known image size, else the wanted one, else 1:2."""
     for size in (known, wanted):
-        if size is not None and (size[0] // patch_size) * (size[1] // patch_size) == n_tokens:
-            return size[0] // patch_size, size[1] // patch_size
-        if size is not None and size is known:
+        tokens = None if size is None else (-(-size[0] // patch_size), -(-size[1] // patch_size))  # padded grids
+        if tokens is not None and tokens[0] * tokens[1] == n_tokens:
+            return tokens
+        if tokens is not None and size is known:
             raise CheckpointError(
                 f"{what} has img_size={list(known)} with patch {patch_size}, i.e. "
-                f"{(known[0] // patch_size) * (known[1] // patch_size)} tokens, but pos_embed has {n_tokens}"
+                f"{tokens[0] * tokens[1]} tokens, but pos_embed has {n_tokens}"
             )
     h = math.isqrt(n_tokens // 2)
     if 2 * h * h != n_tokens:
@@ -373,6 +374,49 @@ def _token_grid(
             "pass source_img_size=(H, W), the image size the checkpoint was trained on"
         )
     return h, 2 * h
+
+
+def global_grid(img_size: Sequence[int]) -> dict[str, list[float]]:
+    """The global ClimaX grid of ``img_size=(H, W)`` as ``{"lat": [...], "lon": [...]}``.
+
+    Latitudes are the cell centres ``-90 + d/2 + d*i`` (``d = 180/H``), longitudes ``360/W * j``.
+
+    Examples
+    --------
+    >>> global_grid((2, 4))
+    {'lat': [-45.0, 45.0], 'lon': [0.0, 90.0, 180.0, 270.0]}
+    """
+    h, w = (int(v) for v in img_size)
+    return {"lat": [-90.0 + 180.0 / h * (i + 0.5) for i in range(h)], "lon": [360.0 / w * j for j in range(w)]}
+
+
+def _resize_grid(grid: Any, img_size: Sequence[int]) -> dict[str, list[float]]:
+    """A model's grid record for ``img_size``: kept when it fits, else the same area at the new size.
+
+    No record (official checkpoints, older files): the global ClimaX grid. A record of another size
+    (``load_checkpoint(..., img_size=)``): the global grid if it was global, else the same
+    limited area (outer cell edges) evenly divided into ``img_size`` cells.
+    """
+    h, w = (int(v) for v in img_size)
+    if not isinstance(grid, Mapping) or "lat" not in grid or "lon" not in grid:
+        return global_grid((h, w))
+    lat = [float(v) for v in grid["lat"]]
+    lon = [float(v) for v in grid["lon"]]
+    if (len(lat), len(lon)) == (h, w):
+        return {"lat": lat, "lon": lon}
+    old = global_grid((len(lat), len(lon)))
+    if all(abs(a - b) < 1e-3 for a, b in zip(lat + lon, old["lat"] + old["lon"])):
+        return global_grid((h, w))
+
+    def spread(c: list[float], n: int) -> list[float]:
+        if len(c) < 2:
+            raise CheckpointError(f"cannot resize a grid with a single point ({c}) to {n} points")
+        d = (c[-1] - c[0]) / (len(c) - 1)
+        lo, hi = c[0] - d / 2, c[-1] + d / 2
+        return [lo + (hi - lo) / n * (i + 0.5) for i in range(n)]
+
+    logger.info("resized the model's limited-area grid from %dx%d to %dx%d points", len(lat), len(lon), h, w)
+    return {"lat": spread(lat, h), "lon": spread(lon, w)}
 
 
 def _interpolate_pos_embed(pos_embed: torch.Tensor, src: tuple[int, int], dst: tuple[int, int]) -> torch.Tensor:
@@ -574,6 +618,8 @@ def load_checkpoint(
     >>> torch.equal(new["token_embeds.0.proj.weight"], old["token_embeds.1.proj.weight"])
     True
     """
+    if not isinstance(path, (str, os.PathLike)):
+        raise CheckpointError(f"path must be the path of a checkpoint file (str or os.PathLike); got {type(path).__name__}")
     path = Path(path)
     device = torch.device(map_location)
     params = set(inspect.signature(ClimaX).parameters)
@@ -592,6 +638,15 @@ def load_checkpoint(
         raise CheckpointError(f"expected a non-empty list of distinct variable names, found {list(variables)}")
 
     sd, info = _read(path)
+    if info["format"] == FORMAT and (info.get("config") or {}).get("kind") == "climatebench":
+        from .climatebench import ClimaXClimateBench  # a ClimateBench (projection) model: rebuilt as saved
+
+        if variables is not None or img_size is not None or overrides:
+            raise CheckpointError(f"{str(path)!r} holds a ClimateBench projection model: it is loaded as saved "
+                                  "(variables=, img_size= and overrides do not apply)")
+        bench = ClimaXClimateBench.from_state(sd, info["config"], stats=info.get("stats"), metadata=info.get("metadata"),
+                                              source=repr(str(path)))
+        return bench.to(device)
     sd = _normalise_keys(sd)
     shape = _infer_config(sd)
     p = shape["patch_size"]
@@ -606,10 +661,8 @@ def load_checkpoint(
     # grids
     src_img = _pair(stored.get("img_size"), "the stored img_size") if stored else None
     src_grid = _token_grid(shape["n_tokens"], p, known_img or src_img, wanted_img, "the checkpoint")
-    target_img = wanted_img or (src_grid[0] * p, src_grid[1] * p)
-    if target_img[0] % p or target_img[1] % p:
-        raise CheckpointError(f"img_size {list(target_img)} is not divisible by the checkpoint's patch size {p}")
-    dst_grid = (target_img[0] // p, target_img[1] // p)
+    target_img = wanted_img or known_img or src_img or (src_grid[0] * p, src_grid[1] * p)
+    dst_grid = (-(-target_img[0] // p), -(-target_img[1] // p))  # a size that is not a multiple of p is padded
 
     expected = _official_shapes(
         shape["n_vars"],
@@ -649,6 +702,9 @@ def load_checkpoint(
         if info["format"] == FORMAT
         else {"source_checkpoint": path.name, "source_format": info["format"]}
     )
+    # the model's grid: recorded by xclimax, else (official checkpoints) the global ClimaX grid of its size
+    if model.metadata.get("grid") is None or isinstance(model.metadata["grid"], Mapping):
+        model.metadata["grid"] = _resize_grid(model.metadata.get("grid"), target_img)
     logger.info(
         "loaded %s checkpoint %s: %d variables (%d new), grid %s, embed_dim %d, depth %d",
         info["format"],
@@ -721,7 +777,7 @@ def remap_variables(model: ClimaX, variables: Sequence[str], *, warn: bool = Tru
     new = [v for v, i in zip(target, index) if i is None]
     like = next(model.parameters())
     out = ClimaX(**{**model.config, "variables": target}).to(device=like.device, dtype=like.dtype)
-    grid = (model.img_size[0] // model.patch_size, model.img_size[1] // model.patch_size)
+    grid = (-(-model.img_size[0] // model.patch_size), -(-model.img_size[1] // model.patch_size))
     fresh = out.state_dict()
     state = _remap(model.state_dict(), fresh, index, model.patch_size, model.config["decoder_depth"], (grid, grid))
     out.load_state_dict({**fresh, **state}, strict=True)
@@ -783,6 +839,10 @@ def save_checkpoint(model: ClimaX, path: str | os.PathLike[str]) -> Path:
     ...     load_checkpoint(path).stats
     {'2m_temperature': (278.5, 21.2)}
     """
+    if not isinstance(model, ClimaX):
+        raise CheckpointError(f"model must be an xclimax.ClimaX to save; got {type(model).__name__}")
+    if not isinstance(path, (str, os.PathLike)):
+        raise CheckpointError(f"path must be a file path (str or os.PathLike) to save to; got {type(path).__name__}")
     path = Path(path)
     if not path.parent.is_dir():
         raise CheckpointError(f"cannot save to {str(path)!r}: directory {str(path.parent)!r} does not exist")

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+import torch.utils.checkpoint
 
 from ..exceptions import GridError, XClimaxError
 from ..vocab import CLIMAX_VARIABLES, canonical_name
@@ -167,9 +168,18 @@ class ClimaX(nn.Module):
         The model's variables, in token order (default: the 48 official ClimaX variables).
         ``"latitude"`` is accepted for the upstream spelling ``"lattitude"``.
     img_size : (int, int)
-        Grid size ``(H, W)``; both must be multiples of ``patch_size``.
+        Grid size ``(H, W)``, any size: a grid that is not a multiple of ``patch_size`` is padded
+        internally (edge values repeated, at the northern and eastern ends of the canonical
+        layout) up to :attr:`padded_size` and the output cropped back, so the padding never
+        reaches the caller or the loss.
     patch_size, embed_dim, depth, decoder_depth, num_heads, mlp_ratio, drop_path, drop_rate
         As in the official ``climax.arch.ClimaX``.
+    checkpoint_activations : bool, default False
+        In training (``model.train()`` with gradients enabled), recompute the variable
+        aggregation and each transformer block in the backward pass instead of keeping their
+        activations (:func:`torch.utils.checkpoint.checkpoint`): the same outputs and gradients
+        for about a third more compute, with much less activation memory per sample (see
+        ``docs/performance.md``). A plain attribute: not part of ``config`` or the state_dict.
 
     Notes
     -----
@@ -206,15 +216,20 @@ class ClimaX(nn.Module):
         mlp_ratio: float = 4.0,
         drop_path: float = 0.1,
         drop_rate: float = 0.1,
+        checkpoint_activations: bool = False,
     ) -> None:
         super().__init__()
+        #: recompute activations in the backward pass (training only); see the class docstring
+        self.checkpoint_activations = bool(checkpoint_activations)
         self.variables = tuple(canonical_name(v) for v in variables)
         self.img_size = tuple(int(s) for s in img_size)
         self.patch_size = int(patch_size)
         if len(set(self.variables)) != len(self.variables):
             raise XClimaxError(f"model variables must be unique; got {list(self.variables)}")
-        if len(self.img_size) != 2 or any(s % self.patch_size for s in self.img_size):
-            raise GridError(f"img_size must be two multiples of patch_size={self.patch_size}; got {self.img_size}")
+        if len(self.img_size) != 2 or any(s < 1 for s in self.img_size) or self.patch_size < 1:
+            raise GridError(f"img_size must be two positive integers (lat, lon); got {self.img_size}")
+        #: the token grid's image size: ``img_size`` padded up to multiples of ``patch_size``
+        self.padded_size = tuple(-(-s // self.patch_size) * self.patch_size for s in self.img_size)
         if embed_dim % num_heads or embed_dim % 4:
             raise XClimaxError(f"embed_dim must be a multiple of num_heads and of 4; got {embed_dim}, {num_heads} heads")
         self.config = dict(
@@ -229,7 +244,7 @@ class ClimaX(nn.Module):
         self._var_index = {v: i for i, v in enumerate(self.variables)}
         self._ids_cache: dict[tuple, torch.Tensor] = {}
         V, p = len(self.variables), self.patch_size
-        L = (self.img_size[0] // p) * (self.img_size[1] // p)
+        L = (self.padded_size[0] // p) * (self.padded_size[1] // p)
         # registration order gives the official state_dict key order
         self.var_embed = nn.Parameter(torch.zeros(1, V, embed_dim))
         self.var_query = nn.Parameter(torch.zeros(1, 1, embed_dim))
@@ -250,7 +265,7 @@ class ClimaX(nn.Module):
 
     def reset_parameters(self) -> None:
         """Initialise all parameters as the official ``initialize_weights`` does."""
-        D, (h, w) = self.pos_embed.shape[-1], (s // self.patch_size for s in self.img_size)
+        D, (h, w) = self.pos_embed.shape[-1], (s // self.patch_size for s in self.padded_size)
         with torch.no_grad():
             self.pos_embed.copy_(torch.from_numpy(sincos_2d(D, h, w)).float()[None])
             self.var_embed.copy_(torch.from_numpy(sincos_1d(D, np.arange(len(self.variables)))).float()[None])
@@ -369,11 +384,19 @@ class ClimaX(nn.Module):
         if lead_times.numel() not in (1, B):
             raise XClimaxError(f"expected one lead time per sample ({B}) or a scalar, got shape {tuple(lead_times.shape)}")
         p, Vall = self.patch_size, len(self.variables)
-        t = self.aggregate(x, self._ids(variables, x.device))  # B, L, D
+        if self.padded_size != self.img_size:  # pad to whole patches (edge values); cropped off below
+            H, W = self.padded_size
+            x = F.pad(x, (0, W - x.shape[-1], 0, H - x.shape[-2]), mode="replicate")
+        recompute = self.checkpoint_activations and self.training and torch.is_grad_enabled()
+        ids = self._ids(variables, x.device)
+        if recompute:  # (the RNG state is restored for the recomputation: same dropout masks)
+            t = torch.utils.checkpoint.checkpoint(self.aggregate, x, ids, use_reentrant=False)
+        else:
+            t = self.aggregate(x, ids)  # B, L, D
         lead = self.lead_time_embed((lead_times.to(self.lead_time_embed.weight.dtype) / 100.0).reshape(-1, 1))
         t = self.pos_drop(t + self.pos_embed + lead.unsqueeze(1))
         for blk in self.blocks:
-            t = blk(t)
+            t = torch.utils.checkpoint.checkpoint(blk, t, use_reentrant=False) if recompute else blk(t)
         t = self.head[:-1](self.norm(t))  # B, L, D
         last = self.head[-1]
         if out_variables is None or tuple(out_variables) == self.variables:
@@ -384,4 +407,5 @@ class ClimaX(nn.Module):
             rows = (torch.arange(p * p, device=x.device).unsqueeze(1) * Vall + out_ids).reshape(-1)
             Vout, t = len(out_variables), F.linear(t, last.weight[rows], last.bias[rows])  # B, L, p*p*Vout
         t = t.reshape(B, H // p, W // p, p, p, Vout).permute(0, 5, 1, 3, 2, 4)  # B, Vout, h, p, w, p
-        return t.reshape(B, Vout, H, W)
+        t = t.reshape(B, Vout, H, W)
+        return t[..., : self.img_size[0], : self.img_size[1]] if (H, W) != self.img_size else t

@@ -13,14 +13,15 @@ from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
-import pandas as pd
 import xarray as xr
 
+from ..cf import time as _time
 from ..cf.time import as_lead_times
 from ..exceptions import DataError
+from .climatebench import mean_response, pattern_scaling  # climate-projection baselines
 from .metrics import at_valid_times
 
-__all__ = ["persistence", "climatology", "climatology_forecast", "as_lead_times"]
+__all__ = ["persistence", "climatology", "climatology_forecast", "as_lead_times", "mean_response", "pattern_scaling"]
 
 logger = logging.getLogger(__name__)
 
@@ -28,9 +29,8 @@ _BY = ("dayofyear", "dayofyear_hour", "mean")
 
 
 def _with_valid_time(fc: xr.Dataset) -> xr.Dataset:
-    valid = fc["time"].values[:, None] + fc["lead_time"].values[None, :]
     return fc.assign_coords(
-        valid_time=(("time", "lead_time"), valid, {"standard_name": "time", "long_name": "valid time"}),
+        valid_time=_time.valid_times(fc["time"], fc["lead_time"]),  # in the calendar of the initial times
         lead_time=fc["lead_time"].assign_attrs(long_name="lead time"),
     )
 
@@ -41,10 +41,11 @@ def persistence(ds: xr.Dataset, lead_time: Any) -> xr.Dataset:
     Parameters
     ----------
     ds : Dataset
-        Data with a ``time`` dimension; every time is used as an initial time. Variables
-        without a ``time`` dimension (constants) are dropped.
-    lead_time : str, timedelta-like, number of hours, or a list of them
-        Lead time(s) of the forecast.
+        Data with a ``time`` dimension (datetime64 or cftime in any CF calendar); every time is
+        used as an initial time and valid times are in its calendar. Variables without a
+        ``time`` dimension (constants) are dropped.
+    lead_time : str, timedelta-like, number of hours, a list of them, or a ``lead_time`` coordinate
+        Lead time(s) of the forecast; a forecast's own ``fc.lead_time`` gives the reference for it.
 
     Returns
     -------
@@ -60,7 +61,12 @@ def persistence(ds: xr.Dataset, lead_time: Any) -> xr.Dataset:
     ('time', 'lead_time', 'lat', 'lon')
     >>> str(fc.valid_time.values[0, 1])
     '2000-01-02T00:00:00.000000000'
+    >>> persistence(ds, fc.lead_time).lead_time.equals(fc.lead_time)
+    True
     """
+    if isinstance(ds, xr.DataArray):
+        raise DataError(f"persistence needs a Dataset with a 'time' dimension; got a DataArray: use "
+                        f"da.to_dataset() (dims {list(ds.dims)})")
     if not isinstance(ds, xr.Dataset) or "time" not in ds.dims:
         raise DataError(f"persistence needs a Dataset with a 'time' dimension; got {type(ds).__name__}"
                         f" with dims {list(getattr(ds, 'dims', []))}")
@@ -85,15 +91,16 @@ def climatology(ds: xr.Dataset, *, by: str = "dayofyear", smooth: int | None = N
     Parameters
     ----------
     ds : Dataset
-        Data with a ``time`` dimension (for instance the training years). Variables without a
-        ``time`` dimension are dropped.
+        Data with a ``time`` dimension (for instance the training years), datetime64 or cftime in
+        any CF calendar. Variables without a ``time`` dimension are dropped.
     by : {"dayofyear", "dayofyear_hour", "mean"}
-        Mean per day of year (dim ``dayofyear``, 1..366), per day of year and hour of day
+        Mean per day of year (dim ``dayofyear``: 1..366, 1..365 for ``noleap`` data, 1..360 for
+        ``360_day`` data; its ``calendar`` attribute names the calendar), per day of year and hour of day
         (dims ``dayofyear``, ``hour``), or over all times (no time dimension; ClimaX's choice).
     smooth : int, optional
         Width in days of a centred running mean over ``dayofyear``, applied cyclically to the
         per-day means (WeatherBench 2 uses 61 days). Days without data are filled from the
-        days inside the window, so the result covers all 366 days when the data allow it.
+        days inside the window, so the result covers the whole calendar year when the data allow it.
         The per-day means get equal weight, which equals WB2's pooling over the window when
         every day holds the same number of samples.
 
@@ -116,9 +123,9 @@ def climatology(ds: xr.Dataset, *, by: str = "dayofyear", smooth: int | None = N
         raise DataError(f"by must be one of {_BY}; got {by!r}")
     if not isinstance(ds, xr.Dataset) or "time" not in ds.dims:
         raise DataError("climatology needs a Dataset with a 'time' dimension")
-    if not np.issubdtype(ds["time"].dtype, np.datetime64):
-        raise DataError(f"climatology needs datetime64 times; found dtype {ds['time'].dtype}")
-    if smooth is not None and (by == "mean" or int(smooth) != smooth or smooth < 1):
+    cal = _time.calendar(ds["time"])  # datetime64 or cftime of any CF calendar
+    if smooth is not None and (by == "mean" or isinstance(smooth, bool) or not isinstance(smooth, (int, float, np.number))
+                               or int(smooth) != smooth or smooth < 1):
         raise DataError(f"smooth must be a positive whole number of days used with a day-of-year climatology; "
                         f"got smooth={smooth!r} with by={by!r}")
     names = [v for v in ds.data_vars if "time" in ds[v].dims]
@@ -140,23 +147,25 @@ def climatology(ds: xr.Dataset, *, by: str = "dayofyear", smooth: int | None = N
         clim = xr.concat(parts, dim=xr.DataArray(hours, dims="hour", name="hour"), join="outer")
         clim = clim.transpose("dayofyear", "hour", ...)
     if smooth:
-        clim = _smooth_dayofyear(clim, int(smooth))
+        clim = _smooth_dayofyear(clim, int(smooth), _time.days_in_year(cal))
+    if "dayofyear" in clim.dims:  # days of the year counted in this calendar (1..360 in a 360_day one)
+        clim["dayofyear"].attrs.update(long_name="day of the year", calendar=cal)
     for name in names:
         clim[name].attrs = dict(ds[name].attrs)
     clim.attrs = {**ds.attrs, "climatology": by + (f", {int(smooth)}-day running mean" if smooth else "")}
     return clim
 
 
-def _smooth_dayofyear(clim: xr.Dataset, window: int) -> xr.Dataset:
-    """Centred running mean over a cyclic, complete ``dayofyear`` axis (1..366)."""
-    full = clim.reindex(dayofyear=np.arange(1, 367))
+def _smooth_dayofyear(clim: xr.Dataset, window: int, year: int = 366) -> xr.Dataset:
+    """Centred running mean over a cyclic, complete ``dayofyear`` axis (1..``year``: 360, 365 or 366)."""
+    full = clim.reindex(dayofyear=np.arange(1, year + 1))
     if clim.chunks:  # groupby leaves one chunk per day: one chunk over the year keeps the graph small
         full = full.chunk(dayofyear=-1)
     half = window // 2
     padded = xr.concat([full.isel(dayofyear=slice(-half, None)), full, full.isel(dayofyear=slice(None, half))]
                        if half else [full], dim="dayofyear")
     rolled = padded.rolling(dayofyear=window, center=True, min_periods=1).mean()
-    out = rolled.isel(dayofyear=slice(half, half + 366)).assign_coords(dayofyear=np.arange(1, 367))
+    out = rolled.isel(dayofyear=slice(half, half + year)).assign_coords(dayofyear=np.arange(1, year + 1))
     if clim.chunks:  # dask's rolling splits the other dims into tiny chunks: restore the input's
         out = out.chunk({d: c for d, c in clim.chunks.items() if d != "dayofyear"})
     return out
@@ -169,8 +178,9 @@ def climatology_forecast(clim: xr.Dataset, init_times: Iterable | xr.DataArray, 
     ----------
     clim : Dataset
         From :func:`climatology` (``dayofyear`` and optional ``hour`` dims, or static).
-    init_times : array-like of datetime64
-        Initial times (e.g. ``truth.time``).
+    init_times : array-like of datetime64 or cftime objects
+        Initial times (e.g. ``truth.time``); valid times are counted in their calendar, which must
+        be the climatology's.
     lead_time : str, timedelta-like, number of hours, or a list of them
 
     Returns
@@ -186,12 +196,32 @@ def climatology_forecast(clim: xr.Dataset, init_times: Iterable | xr.DataArray, 
     >>> fc["2m_temperature"].dims
     ('time', 'lead_time', 'lat', 'lon')
     """
+    if isinstance(init_times, xr.Dataset) and not isinstance(clim, xr.Dataset):
+        raise DataError(
+            "climatology_forecast(clim, init_times, lead_time): the arguments look swapped: expected clim, the "
+            f"Dataset from xclimax.baselines.climatology, first and the initial times second; got a "
+            f"{type(clim).__name__} as clim and a Dataset as init_times"
+        )
     if not isinstance(clim, xr.Dataset):
         raise DataError(f"clim must be a Dataset from xclimax.baselines.climatology; got {type(clim).__name__}")
-    init = pd.DatetimeIndex(np.atleast_1d(np.asarray(init_times, dtype="datetime64[ns]")))
-    leads = as_lead_times(lead_time)
-    valid = init.values[:, None] + leads[None, :]
-    coords = {"time": init.values, "lead_time": leads}
+    if "time" in clim.dims:
+        raise DataError(
+            f"clim must be a climatology (dims dayofyear/hour, or none), not data with a 'time' dimension "
+            f"(found dims {dict(clim.sizes)}): pass xclimax.baselines.climatology(data); if the initial times were "
+            "meant, the arguments may be swapped (clim first, init_times second)"
+        )
+    if isinstance(init_times, xr.Dataset):
+        raise DataError("init_times must be times (e.g. truth.time), not a Dataset; got a Dataset with variables "
+                        f"{list(init_times.data_vars)}")
+    init = np.atleast_1d(np.asarray(init_times.values if isinstance(init_times, xr.DataArray) else init_times))
+    if init.dtype.kind != "M" and not _time.is_cftime(init):
+        try:
+            init = init.astype("datetime64[ns]")  # strings, Timestamps
+        except (ValueError, TypeError) as err:
+            raise DataError(f"init_times must be dates (e.g. truth.time); got {init_times!r}") from err
+    leads = as_lead_times(lead_time, "lead_time")
+    valid = _time.add_leads(init, leads)  # in the calendar of the initial times
+    coords = {"time": init, "lead_time": leads}
     if "dayofyear" in clim.dims or "hour" in clim.dims:
         fc = at_valid_times(clim, valid, coords, "clim")
     else:

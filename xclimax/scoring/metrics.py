@@ -38,6 +38,7 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
+from ..cf import time as _time
 from ..cf.grid import GridInfo, normalize_grid, restore_grid
 from ..exceptions import DataError, GridError, XClimaxWarning
 
@@ -85,6 +86,38 @@ def _on_grid(other: xr.Dataset, reference: xr.Dataset, what: str) -> xr.Dataset:
     if all(np.array_equal(order[d], np.arange(order[d].size)) for d in _SPACE):
         return other.assign_coords(lat=reference["lat"].values, lon=reference["lon"].values)
     return other.isel(order).assign_coords(lat=reference["lat"].values, lon=reference["lon"].values)
+
+
+def _same_units(other: xr.Dataset, fc: xr.Dataset, names: Sequence[Hashable], what: str) -> xr.Dataset:
+    """``other``'s variables in the forecast's units: converted when both are labelled, refused when they cannot be.
+
+    A side without a ``units`` attribute is assumed to be in the other's units, with a warning.
+    """
+    from ..cf.units import _unit_key, between
+
+    out = {}
+    for name in names:
+        fu, ou = fc[name].attrs.get("units"), other[name].attrs.get("units")
+        if fu is None or ou is None:
+            if (fu is None) != (ou is None):
+                warnings.warn(
+                    f"{name!r}: the {'forecast' if fu is None else what} has no units attribute; assumed to be in "
+                    f"the {what if fu is None else 'forecast'}'s units {ou if fu is None else fu!r}",
+                    XClimaxWarning, stacklevel=4,
+                )
+            continue
+        if _unit_key(fu) == _unit_key(ou):
+            continue
+        conv = between(ou, fu)
+        if conv is None:
+            raise DataError(
+                f"{name!r}: the forecast is in {fu!r} and the {what} in {ou!r}; expected the same units or units "
+                f"that convert into each other (e.g. 'K' and 'degC'): fix the units attributes or convert first"
+            )
+        scale, offset, _ = conv
+        logger.info("%s %r converted from %r to the forecast's %r", what, name, ou, fu)
+        out[name] = (other[name] * scale + offset).assign_attrs({**other[name].attrs, "units": fu})
+    return other.assign(out) if out else other
 
 
 def lat_weights(lat: xr.DataArray | Sequence[float] | np.ndarray, *, flavour: str = "wb2") -> xr.DataArray:
@@ -152,21 +185,17 @@ def _valid_times(fc: xr.Dataset) -> np.ndarray:
     lead = fc["lead_time"]
     if not np.issubdtype(lead.dtype, np.timedelta64):
         raise DataError(f"forecast lead_time must hold timedelta64 values; found dtype {lead.dtype}")
-    if not np.issubdtype(fc["time"].dtype, np.datetime64):
-        raise DataError(f"forecast time must hold datetime64 values; found dtype {fc['time'].dtype}")
-    return fc["time"].values[:, None] + lead.values[None, :]
+    return _time.add_leads(fc["time"].values, lead.values)  # in the forecast's calendar
 
 
 def _match_times(valid: np.ndarray, truth_time: xr.DataArray) -> tuple[np.ndarray, np.ndarray]:
-    index = pd.Index(truth_time.values)
-    if not index.is_unique:
-        raise DataError("truth has repeated time values; expected unique times")
-    idx = index.get_indexer(valid.ravel()).reshape(valid.shape)
+    idx = _time.positions(valid, truth_time.values)  # DataError if the calendars differ or times repeat
     ok = idx >= 0
     if not ok.any():
+        t = truth_time.values
         raise DataError(
             "no forecast valid time (time + lead_time) is in truth: forecast valid times span "
-            f"{valid.min()} .. {valid.max()}, truth times span {index.min()} .. {index.max()}"
+            f"{valid.min()} .. {valid.max()}, truth times span {t.min()} .. {t.max()}"
         )
     if not ok.all():
         logger.info("dropping %d of %d (time, lead_time) pairs whose valid time is not in truth", (~ok).sum(), ok.size)
@@ -209,17 +238,20 @@ def at_valid_times(clim: xr.DataArray | xr.Dataset, valid: np.ndarray, coords: d
         if "hour" in clim.dims:
             raise DataError(f"{what} has an 'hour' dimension but no 'dayofyear' dimension")
         return clim
-    stamps = pd.DatetimeIndex(valid.ravel())
+    cal = clim["dayofyear"].attrs.get("calendar")
+    if cal is not None:  # from xclimax.baselines.climatology: days of the year counted in that calendar
+        _time.same_calendar(valid, cal, ("forecast valid", what))
+    doy, hours = _time.dayofyear(valid).ravel(), _time.hour(valid).ravel()
     if "hour" in clim.dims:
         dim = "_dayofyear_hour"
         clim = clim.stack({dim: ("dayofyear", "hour")})
         index = pd.MultiIndex.from_arrays([clim["dayofyear"].values, clim["hour"].values])
-        pos = index.get_indexer(pd.MultiIndex.from_arrays([stamps.day_of_year, stamps.hour]))
+        pos = index.get_indexer(pd.MultiIndex.from_arrays([doy, hours]))
     else:
         dim = "dayofyear"
-        pos = pd.Index(clim["dayofyear"].values).get_indexer(stamps.day_of_year)
+        pos = pd.Index(clim["dayofyear"].values).get_indexer(doy)
     if (pos < 0).any():
-        lacking = sorted({(d, h) if dim != "dayofyear" else d for d, h, p in zip(stamps.day_of_year, stamps.hour, pos, strict=True) if p < 0})
+        lacking = sorted({(d, h) if dim != "dayofyear" else d for d, h, p in zip(doy, hours, pos, strict=True) if p < 0})
         raise DataError(f"{what} lacks the (dayofyear{', hour' if dim != 'dayofyear' else ''}) values {lacking} "
                         "needed for the forecast valid times")
     return _take(clim, dim, pos.reshape(valid.shape), coords).drop_vars(["dayofyear", "hour"], errors="ignore")
@@ -254,13 +286,18 @@ def evaluate(
     Parameters
     ----------
     forecast : Dataset
-        Dims ``(*batch, "time", "lead_time", [level], lat, lon)``: initial times, timedelta64
-        lead times. Latitude/longitude may be named ``latitude``/``longitude``, in any order.
+        Dims ``(*batch, "time", "lead_time", [level], lat, lon)``: initial times (datetime64 or
+        cftime in any CF calendar; valid times are counted in it and must be in ``truth``'s
+        calendar), timedelta64 lead times. Latitude/longitude may be named ``latitude``/``longitude``, in any order.
         Every data variable with both spatial dims is scored.
     truth : Dataset
         Dims ``("time", [level], lat, lon)`` with the forecast's variable names, on the same grid.
     metrics : str or iterable of str
-        Any of ``"rmse"``, ``"mse"``, ``"mae"``, ``"bias"``, ``"acc"``.
+        Any of ``"rmse"``, ``"mse"``, ``"mae"``, ``"bias"``, ``"acc"``. Or ClimateBench's
+        ``"nrmse_s"``, ``"nrmse_g"``, ``"nrmse_t"`` for a climate projection (no ``lead_time``):
+        computed over the whole time window of ``forecast`` by
+        :func:`xclimax.scoring.climatebench.nrmse` (``climatology``, ``dims`` and ``flavour`` do
+        not apply).
     climatology : Dataset, optional
         Used for ``"acc"`` anomalies: variables on a ``dayofyear`` (and optionally ``hour``)
         dimension, as :func:`xclimax.baselines.climatology` makes, or without time dims (a
@@ -309,6 +346,10 @@ def evaluate(
     if flavour not in _FLAVOURS:
         raise DataError(f"flavour must be one of {_FLAVOURS}; got {flavour!r}")
     metrics = [metrics] if isinstance(metrics, str) else list(metrics)
+    if any(str(m).startswith("nrmse") for m in metrics):  # ClimateBench scores of a climate projection
+        from .climatebench import nrmse
+
+        return nrmse(forecast, truth, metrics=metrics)
     unknown = [m for m in metrics if m not in METRICS]
     if unknown or not metrics or len(set(metrics)) != len(metrics):
         raise DataError(f"metrics must be distinct names from {METRICS}; got {metrics}")
@@ -342,7 +383,7 @@ def evaluate(
     if flavour == "climax" and len(space) != 2:
         raise DataError(f"flavour='climax' averages over space: dims must include lat and lon; got {dims}")
 
-    tr = _on_grid(tr[names], fc, "truth")
+    tr = _same_units(_on_grid(tr[names], fc, "truth"), fc, names, "truth")
     valid = _valid_times(fc)
     idx, ok_np = _match_times(valid, tr["time"])
     tc = {"time": fc["time"], "lead_time": fc["lead_time"]}
@@ -366,7 +407,7 @@ def evaluate(
             absent = [v for v in names if v not in clim_ds.data_vars]
             if absent:
                 raise DataError(f"climatology lacks forecast variables {absent}; it has {list(clim_ds.data_vars)}")
-            clim_ds = _on_grid(clim_ds[names], fc, "climatology")
+            clim_ds = _same_units(_on_grid(clim_ds[names], fc, "climatology"), fc, names, "climatology")
             clim_kind = ", ".join(d for d in ("dayofyear", "hour") if d in clim_ds.dims) or "static"
 
     used = np.unique(idx[ok_np])
@@ -425,6 +466,8 @@ def evaluate(
         "flavour": flavour,
         "averaged_over": " ".join(str(fc_names.get(d, d)) for d in dims),
     }
+    if forecast.attrs.get("forecast") or forecast.attrs.get("title"):  # names the forecast in plots
+        result.attrs["forecast"] = str(forecast.attrs.get("forecast") or forecast.attrs.get("title"))
     if clim_kind:
         result.attrs["climatology"] = clim_kind
     return result

@@ -9,13 +9,15 @@ from ..exceptions import DataError
 from .base import Task
 from .downscale import DownscaleTask
 from .forecast import ForecastTask
+from .projection import ProjectionTask
 
-__all__ = ["Task", "TASKS", "get_task", "ForecastTask", "DownscaleTask"]
+__all__ = ["Task", "TASKS", "get_task", "ForecastTask", "DownscaleTask", "ProjectionTask"]
 
 #: Tasks by name.
 TASKS: dict[str, type[Task]] = {
     "forecast": ForecastTask,
     "downscale": DownscaleTask,
+    "projection": ProjectionTask,
 }
 
 

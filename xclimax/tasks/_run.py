@@ -23,8 +23,13 @@ import xarray as xr
 
 from .._utils import resolve_device
 from .._version import __version__
+from ..cf import checks as _checks
 from ..cf import grid as _grid
+from ..cf import time as _time
 from ..cf import tokens as _tokens
+from ..cf.stats import stats_arrays
+from ..distributed.workers import ModelRef
+from ..distributed.workers import prepare as prepare_model
 from ..exceptions import CFMappingError, DataError, GridError, XClimaxWarning
 from ..options import OPTIONS
 from ..vocab import VARIABLES, canonical_name
@@ -94,26 +99,11 @@ def _rebuild_handle(token: str, payload: tuple, device: str) -> _ModelHandle:
     return _ModelHandle(model, device, token)
 
 
-def _on_device_for_inference(model: "ClimaX", device: Any) -> "ClimaX":
-    """The model on ``device`` in eval mode, leaving the caller's model where and as it was.
-
-    The caller's object is used as is when it already is on ``device`` in eval mode; otherwise a
-    copy is made (the caller's model keeps its device and train/eval mode).
-    """
-    import copy
-
-    param = next(model.parameters(), None)
-    here = param.device if param is not None else device
-    if here == device and not model.training:
-        return model
-    logger.debug("inference on a copy of the model (caller's model is on %s, training=%s)", here, model.training)
-    return copy.deepcopy(model).to(device).eval()
-
-
 def _run_blocks(
     data: np.ndarray,
-    handle: _ModelHandle,
+    payload: Any = None,
     *,
+    ref: ModelRef,
     in_vars: Sequence[str],
     out_vars: Sequence[str],
     mean_in: np.ndarray,
@@ -122,21 +112,35 @@ def _run_blocks(
     std_out: np.ndarray,
     lead_hours: float,
     steps: int,
-    batch_size: int,
+    batch_size: int | None,
     feed: Sequence[tuple[int, int]],
+    residual: Sequence[tuple[int, int]] = (),
+    checker: Any = None,
     progress: Any = None,
 ) -> np.ndarray:
-    """Forecast one block ``[..., time, Vin, H, W]`` -> ``[..., time, steps, Vout, H, W]`` (physical units)."""
+    """Forecast one block ``[..., time, Vin, H, W]`` -> ``[..., time, steps, Vout, H, W]`` (physical units).
+
+    The model comes from ``ref`` (in-process: the caller's model or a copy on the device; on a dask
+    worker: that worker's resident copy, built from ``payload`` once); ``batch_size=None`` picks one
+    for the device of the process that runs the block.
+    """
     import torch
 
-    model = handle.get()
-    device = next(model.parameters()).device
+    model, device = ref.get(payload)
+    if batch_size is None:
+        from ..nn.memory import fit_batch_size
+
+        batch_size = fit_batch_size(model.config, device, default=32 if device.type == "cuda" else 8,
+                                    n_in=len(in_vars), n_out=len(out_vars))
     lead_shape = data.shape[:-3]
     x_all = data.reshape((-1,) + data.shape[-3:])
-    bad = np.isnan(x_all).any(axis=(0, 2, 3))
-    if bad.any():
-        names = [v for v, b in zip(in_vars, bad) if b]
-        raise DataError(f"input contains NaN in {names}: ClimaX needs complete fields; fill or drop them first")
+    if checker is not None:  # finite, plausible values (xclimax.cf.checks), before any model work
+        checker(x_all)
+    else:
+        bad = ~np.isfinite(x_all).all(axis=(0, 2, 3))
+        if bad.any():
+            names = [v for v, b in zip(in_vars, bad) if b]
+            raise DataError(f"input contains NaN or inf in {names}: ClimaX needs complete fields; fill or drop them first")
     out = np.empty((x_all.shape[0], steps, len(out_vars)) + x_all.shape[-2:], dtype=np.float32)
     m_in = torch.as_tensor(mean_in, dtype=torch.float32, device=device)[:, None, None]
     s_in = torch.as_tensor(std_in, dtype=torch.float32, device=device)[:, None, None]
@@ -144,7 +148,7 @@ def _run_blocks(
     s_out = torch.as_tensor(std_out, dtype=torch.float32, device=device)[:, None, None]
     feed_in = [i for i, _ in feed]
     feed_out = [o for _, o in feed]
-    autocast = OPTIONS["autocast"] if device.type == "cuda" else None
+    autocast = ref.autocast if device.type == "cuda" else None  # the option when the graph was built
     amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(autocast) if autocast else None
     with torch.inference_mode():
         for start in range(0, x_all.shape[0], batch_size):
@@ -154,6 +158,8 @@ def _run_blocks(
             for k in range(steps):
                 with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
                     y = model(x, lead, in_vars, out_vars).float()
+                if residual:  # a model that predicts increments over its same-named inputs (metadata["residual"])
+                    y[:, [o for _, o in residual]] += x[:, [i for i, _ in residual]]
                 out[start : start + x.shape[0], k] = (y * s_out + m_out).cpu().numpy()
                 if k + 1 < steps:
                     x = x.clone()
@@ -161,6 +167,28 @@ def _run_blocks(
             if progress is not None:
                 progress.update(x.shape[0])
     return out.reshape(lead_shape + out.shape[1:])
+
+
+def _output_names(wanted: Sequence[str], found: dict, model: "ClimaX") -> list[str]:
+    """ClimaX names of the requested outputs: ClimaX names, or data variables of the input (all their levels)."""
+    out: list[str] = []
+    unknown = []
+    for name in wanted:
+        climax = canonical_name(str(name))
+        if climax in model.variables:
+            out.append(climax)
+            continue
+        from_input = [k for k, src in found.items() if getattr(src, "source", None) == name and k in model.variables]
+        if from_input:
+            out += from_input
+        else:
+            unknown.append(name)
+    if unknown:
+        raise CFMappingError(
+            f"requested output variables {unknown} are neither among the model's variables {list(model.variables)} "
+            f"nor data variables of the input that map to them ({sorted({s.source for s in found.values() if s.source})})"
+        )
+    return list(dict.fromkeys(out))
 
 
 def run(
@@ -173,32 +201,70 @@ def run(
     batch_size: int | None = None,
     device: Any = None,
     variables: Sequence[str] | None = None,
+    out_variables: Sequence[str] | None = None,
+    names: str = "input",
+    output_grid: str | None = None,
     extra_variables: Any = None,
     variable_map: dict[str, str] | None = None,
     task: str,
 ) -> xr.Dataset:
-    """Run ``model`` from every time of ``ds`` (``steps`` autoregressive steps of ``lead``); a labelled Dataset."""
-    device = resolve_device(device)
-    if not isinstance(ds, xr.Dataset):
-        raise TypeError(f"expected an xarray.Dataset; got {type(ds).__name__}")
+    """Run ``model`` from every time of ``ds`` (``steps`` autoregressive steps of ``lead``); a labelled Dataset.
+
+    Everything that can be checked is checked before the model runs (arguments, coordinates,
+    times, dtypes, variables, statistics, memory); the values themselves are checked by
+    :class:`xclimax.cf.checks.ValueChecker` at the start of each batch of work (each dask task),
+    so the graph of a lazy forecast is built without computing anything.
+    """
+    device_spec, device = device, resolve_device(device)  # (a dask worker resolves device_spec itself)
+    _checks.check_dataset(ds, "ds")
     if regrid not in (None, "bilinear", "conservative"):
-        raise ValueError(f"regrid must be None, 'bilinear' or 'conservative'; got {regrid!r}")
+        raise DataError(f"regrid must be None, 'bilinear' or 'conservative'; got {regrid!r}")
+    if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer))
+                                   or batch_size < 1):
+        raise DataError(f"batch_size must be a positive integer or None; got {batch_size!r}")
+    if names not in ("input", "climax"):
+        raise DataError(f"names must be 'input' (the input's names and units) or 'climax'; got {names!r}")
+    if output_grid not in (None, "input", "model"):
+        raise DataError(f"output_grid must be 'input' or 'model'; got {output_grid!r}")
+    if variables is not None and out_variables is not None:
+        raise DataError("give the output variables once: out_variables= (variables= is its older name)")
+    out_variables = out_variables if out_variables is not None else variables
+    if isinstance(out_variables, str):
+        out_variables = [out_variables]
+    _checks.check_coordinates(ds)
+    _checks.check_times(ds, _time.time_dim(ds), what="input")
+    if task == "forecast":
+        _checks.check_lead_time(getattr(model, "metadata", None), lead, stacklevel=5)
 
-    # ---- grid: normalise conventions, then check or regrid to the model grid
+    # ---- grid: normalise conventions; variables (found on the input's grid: the same sources after regridding)
     ds_n, info = _grid.normalize_grid(ds)
-    mlat, mlon = _grid.model_grid(model.img_size)
-    try:
-        _grid.check_grid(ds_n, model.img_size)
-    except GridError as err:
-        if regrid is None:
-            raise GridError(f"{err} Pass regrid='bilinear' or regrid='conservative' to regrid inputs to the model grid.") from None
-        logger.info("regridding inputs (%s) to the model grid %s", regrid, tuple(model.img_size))
-        ds_n = _grid.regrid(ds_n, mlat, mlon, method=regrid)
-
-    # ---- variables: which model inputs are present, which outputs are wanted
     found = _tokens.find_variables(
         ds_n, model.variables, extra_variables=extra_variables, variable_map=variable_map, strict=False
     )
+    absent = {k: v for k, v in dict(variable_map or {}).items() if v not in ds_n.data_vars}
+    if absent:
+        raise CFMappingError(f"variable_map maps {absent}, but {sorted(set(absent.values()))} "
+                             f"are not data variables of the Dataset; it has {list(ds.data_vars)}")
+    _checks.check_dtypes(ds_n, found)
+    ds_n = _checks.as_float32(ds_n, found)  # float16 / integer / bool sources: computed in float32
+    # ---- check the grid or regrid to the model grid (never with NaN/inf hidden by the interpolation)
+    mlat, mlon = _grid.model_grid(model)  # the model's own grid (global or limited-area)
+    regridded = False
+    try:
+        _grid.check_grid(ds_n, model)
+    except GridError as err:
+        if regrid is None:
+            raise GridError(f"{err} Pass regrid='bilinear' or regrid='conservative' to regrid inputs to the model grid.") from None
+        _grid.check_coverage(ds_n, mlat, mlon, method=regrid, what=("input", "model grid"))  # never extrapolate
+        logger.info("regridding inputs (%s) to the model grid %s", regrid, tuple(model.img_size))
+        ds_n = _checks.guard_finite(ds_n, {k: v for k, v in found.items() if k in model.variables})
+        ds_n = _grid.regrid(ds_n, mlat, mlon, method=regrid)
+        regridded = True
+        found = _tokens.find_variables(
+            ds_n, model.variables, extra_variables=extra_variables, variable_map=variable_map, strict=False
+        )
+
+    # ---- variables: which model inputs are present, which outputs are wanted
     in_vars = [v for v in model.variables if v in found]
     if not any(_is_dynamic(v) for v in in_vars):
         raise CFMappingError(
@@ -210,18 +276,36 @@ def run(
     missing = [v for v in model.variables if v not in found]
     if missing:
         warnings.warn(
-            f"{len(missing)} of the model's variables are missing from the input and will not be used: {missing}",
+            f"{len(missing)} of the model's {len(model.variables)} input variables are missing from the input and "
+            f"will not be used: {missing}. The model was trained with them: expect lower skill, or add them "
+            "(xclimax.tokens.check(ds, model) shows what was searched).",
             XClimaxWarning,
-            stacklevel=3,
+            stacklevel=4,
         )
-    if variables is not None:
-        out_vars = [canonical_name(v) for v in variables]
-        unknown = [v for v in out_vars if v not in model.variables]
-        if unknown:
-            raise CFMappingError(f"requested output variables {unknown} are not among the model's variables {list(model.variables)}")
-    else:
-        trained = model.metadata.get("out_variables") if isinstance(model.metadata, dict) else None
-        out_vars = list(trained) if trained else [v for v in in_vars if _is_dynamic(v)]
+    trained = model.metadata.get("out_variables") if isinstance(model.metadata, dict) else None
+    if out_variables is not None:
+        out_vars = _output_names(out_variables, found, model)
+        absent = [v for v in out_vars if v not in found]
+        if absent:
+            warnings.warn(
+                f"forecasts of {absent} were requested but these variables are not in the input: they start from "
+                "no initial state of their own and are inferred from the other variables only "
+                f"({in_vars}); expect them to be less skilful than the others",
+                XClimaxWarning,
+                stacklevel=4,
+            )
+        untrained = [v for v in out_vars if trained and v not in trained]
+        if untrained:
+            warnings.warn(f"the model was not trained to predict {untrained} (its outputs: {list(trained)})",
+                          XClimaxWarning, stacklevel=4)
+    else:  # the variables of the input that the model predicts
+        predicted = list(trained) if trained else [v for v in model.variables if _is_dynamic(v)]
+        out_vars = [v for v in predicted if v in in_vars and _is_dynamic(v)]
+        if not out_vars:
+            raise CFMappingError(
+                f"the model predicts {predicted}, none of which is in the input (found {in_vars}); ask for "
+                "outputs with out_variables=[...]"
+            )
     if steps > 1:
         needed = [v for v in in_vars if _is_dynamic(v) and v not in out_vars]
         if needed:
@@ -230,19 +314,14 @@ def run(
                 f"time-varying inputs; not predicted: {needed} (outputs: {out_vars})"
             )
     feed = [(in_vars.index(v), out_vars.index(v)) for v in in_vars if v in out_vars and _is_dynamic(v)]
+    residual = ([(in_vars.index(v), out_vars.index(v)) for v in out_vars if v in in_vars]
+                if isinstance(model.metadata, dict) and model.metadata.get("residual") else [])
 
     # ---- statistics
     stats = dict(getattr(model, "stats", {}) or {})
-    no_stats = [v for v in dict.fromkeys(in_vars + out_vars) if v not in stats]
-    if no_stats:
-        raise DataError(
-            f"the model has no normalisation statistics for {no_stats}; compute them with "
-            f"xclimax.compute_stats(ds) and set model.stats = xclimax.normalize.stats_to_dict(stats)"
-        )
-    mean_in = np.array([stats[v][0] for v in in_vars], dtype=np.float32)
-    std_in = np.array([stats[v][1] for v in in_vars], dtype=np.float32)
-    mean_out = np.array([stats[v][0] for v in out_vars], dtype=np.float32)
-    std_out = np.array([stats[v][1] for v in out_vars], dtype=np.float32)
+    stats_arrays(stats, dict.fromkeys(in_vars + out_vars))  # every variable has statistics
+    mean_in, std_in = stats_arrays(stats, in_vars)
+    mean_out, std_out = stats_arrays(stats, out_vars)
 
     # ---- the token array (*batch, time, variable, lat, lon), lazy for dask input
     arr = _tokens.to_array(ds_n, in_vars, extra_variables=extra_variables, variable_map=variable_map)
@@ -251,33 +330,43 @@ def run(
     lead_hours = lead / pd.Timedelta("1h")
     leads = pd.to_timedelta([lead * (k + 1) for k in range(steps)])
 
-    model = _on_device_for_inference(model, device)
-    handle = _ModelHandle(model, device)
+    # ---- memory: the batch size must fit (checked, or chosen) before any work
+    from ..nn.memory import fit_batch_size
+
+    model_batch = fit_batch_size(model.config, device, requested=batch_size, default=32 if device.type == "cuda" else 8,
+                                 n_in=len(in_vars), n_out=len(out_vars), what=task)
     chunked = arr.chunks is not None
-    if batch_size is not None and (not isinstance(batch_size, (int, np.integer)) or batch_size < 1):
-        raise ValueError(f"batch_size must be a positive integer; got {batch_size!r}")
+    # the model reaches the tasks once: in-process the caller's model (or a copy on the device, in eval mode: the
+    # caller's model is never moved); with a dask.distributed Client a Future of its weights, scattered once per
+    # worker, each worker keeping it resident on its own device (xclimax.distributed.workers)
+    ref, payload = prepare_model(model, device_spec, client="auto" if chunked else None)
+    if payload is not None and batch_size is None:
+        model_batch = None  # each worker picks the batch for its own device
     # dask input without batch_size: one task per existing time chunk
-    model_batch = int(batch_size or (32 if device.type == "cuda" else 8))
+    checker = _checks.ValueChecker.build(found, stats, order=in_vars)
     kwargs = dict(
         in_vars=tuple(in_vars), out_vars=tuple(out_vars), mean_in=mean_in, std_in=std_in, mean_out=mean_out,
-        std_out=std_out, lead_hours=lead_hours, steps=steps, batch_size=model_batch, feed=feed,
+        std_out=std_out, lead_hours=lead_hours, steps=steps, batch_size=model_batch, feed=feed, residual=residual,
+        checker=checker,
     )
     if chunked:
         nb = len(batch_dims)
         time_chunks = batch_size if batch_size is not None else arr.data.chunks[nb]
-        data = arr.data.rechunk({**{i: -1 for i in range(nb)}, nb: time_chunks, nb + 1: -1, nb + 2: -1, nb + 3: -1})
+        # one task per chunk-aligned batch: batch dims (e.g. ensemble members) keep their chunks
+        data = arr.data.rechunk({nb: time_chunks, nb + 1: -1, nb + 2: -1, nb + 3: -1})
         ind_in = tuple(range(nb + 4))  # batch..., time, var, lat, lon
         lead_ax, var_ax = nb + 4, nb + 5
         ind_out = tuple(range(nb + 1)) + (lead_ax, var_ax, nb + 2, nb + 3)
         out = dsa.blockwise(
             _run_blocks, ind_out,
             data, ind_in,
-            dask.delayed(handle, pure=True, traverse=False), None,
+            *((payload, None) if payload is not None else ()),
             new_axes={lead_ax: steps, var_ax: len(out_vars)},
             concatenate=True,
             dtype=np.float32,
             meta=np.empty((0,) * (nb + 5), dtype=np.float32),
-            name=f"xclimax-{task}-" + handle.token[:8],
+            name=f"xclimax-{task}-" + dask.base.tokenize(data.name, ref, kwargs),
+            ref=ref,
             **kwargs,
         )
     else:
@@ -286,19 +375,30 @@ def run(
         from tqdm.auto import tqdm
 
         with tqdm(total=n, desc=f"xclimax {task}", unit="sample", disable=not OPTIONS["progress"]) as bar:
-            out = _run_blocks(values, handle, progress=bar, **kwargs)
+            out = _run_blocks(values, ref=ref, progress=bar, **kwargs)
 
     dims = (*batch_dims, "time", "lead_time", "variable", "lat", "lon")
     coords = {d: arr[d] for d in (*batch_dims, "time", "lat", "lon") if d in arr.coords}
     result = xr.DataArray(out, dims=dims, coords=coords)
     result = result.assign_coords(variable=list(out_vars), lead_time=("lead_time", leads.values))
-    result = result.assign_coords(valid_time=result["time"] + result["lead_time"])
+    result = result.assign_coords(valid_time=_time.valid_times(result["time"], result["lead_time"]))  # input's calendar
     result["lead_time"].attrs.update(long_name="lead time", standard_name="forecast_period")
     result["valid_time"].attrs.update(long_name="valid time", standard_name="time")
     result["time"].attrs.update(long_name="initial time", standard_name="forecast_reference_time")
 
-    out_ds = _tokens.from_array(result, like=ds_n)
-    if info is not None:
+    if names == "climax":
+        out_ds = _tokens.from_array(result, extra_variables=extra_variables)
+        out_ds = out_ds.assign_coords(_tokens.carried_coords(ds_n, out_ds))  # the input's scalar coordinates
+    else:  # the input's names, units and vertical coordinate
+        with warnings.catch_warnings():  # the input's mapping was reported above
+            warnings.simplefilter("ignore", XClimaxWarning)
+            out_ds = _tokens.from_array(result, like=ds_n, units="like", extra_variables=extra_variables,
+                                        variable_map=variable_map)
+    if regridded and (output_grid or ("model" if task == "downscale" else "input")) == "input":
+        # back on the input's grid (the inverse of the regridding above)
+        out_ds = _grid.regrid(out_ds, np.sort(np.asarray(info.lat, float)), np.asarray(info.lon, float), method=regrid)
+        out_ds = _grid.restore_grid(out_ds, info)
+    elif info is not None:
         out_ds = _grid.restore_grid(out_ds, info)
     out_ds.attrs.update(
         {

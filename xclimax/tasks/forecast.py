@@ -12,15 +12,19 @@ import torch
 import xarray as xr
 
 from .._utils import resolve_device
+from ..cf import checks as _checks
 from ..cf.time import as_timedelta
-from ..exceptions import DataError, XClimaxWarning
+from ..exceptions import DataError, GridError, XClimaxError, XClimaxWarning
 from ..loading import Batch, BatchLoader, time_step
+from ..loading.index import lead_range
+from ..nn.memory import fit_batch_size
 from ..nn.model import ClimaX
 from ..training.config import TrainConfig
 from ..training.fit import fit
 from ..training.prepare import (
     DEFAULT_MODEL,
     freeze_parameters,
+    grid_record,
     grid_size,
     prepare_data,
     region_mask,
@@ -65,23 +69,63 @@ class ForecastTask(Task):
 
     def pretrain(self, ds: Any, model: ClimaX | None, config: TrainConfig, **kwargs: Any) -> tuple[ClimaX, xr.Dataset]:
         """Pre-training with random lead times (see :func:`xclimax.pretrain`)."""
+        _known_arguments(_pretrain, kwargs, "pretrain")
         return _pretrain(ds, model, config, **kwargs)
 
     def finetune(self, ds: Any, model: ClimaX, config: TrainConfig, **kwargs: Any) -> tuple[ClimaX, xr.Dataset]:
         """Fine-tuning for one lead time (see :func:`xclimax.finetune`)."""
+        _known_arguments(_finetune, kwargs, "finetune(task='forecast')")
         return _finetune(ds, model, config, **kwargs)
 
     def predict(self, ds: xr.Dataset, model: ClimaX, *, lead_time: Any, steps: int = 1, **kwargs: Any) -> xr.Dataset:
         """Forecasts from every initial time (see :func:`xclimax.forecast`)."""
         lead = as_timedelta(lead_time)
         if lead <= pd.Timedelta(0):
-            raise DataError(f"lead_time must be positive; got {lead}")
+            raise DataError(f"lead_time must be positive; got {lead / pd.Timedelta('1h'):g} h ({lead_time!r})")
         if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 1:
             raise DataError(f"steps must be a positive integer; got {steps!r}")
         if lead > pd.Timedelta("168h"):
             warnings.warn(f"lead_time {lead} per step is beyond the 6-168 h range ClimaX was pretrained on",
                           XClimaxWarning, stacklevel=3)
         return run(ds, model, lead=lead, steps=int(steps), task=self.name, **kwargs)
+
+
+def _known_arguments(func: Any, kwargs: Mapping[str, Any], where: str) -> None:
+    import inspect
+
+    known = [p.name for p in inspect.signature(func).parameters.values() if p.kind is p.KEYWORD_ONLY]
+    unknown = sorted(set(kwargs) - set(known))
+    if unknown:
+        raise DataError(f"unknown argument(s) {unknown} for {where}; expected some of {known} "
+                        "(or a training setting of xclimax.TrainConfig)")
+
+
+def _named(names: Sequence[str]) -> dict[str, tuple]:
+    """``{name: (source, units, target units, scale, offset)}`` for checks of canonical training arrays."""
+    units = {n: (VARIABLES.get(n) or {}).get("units") for n in names}
+    return {n: (n, units[n], units[n], 1.0, 0.0) for n in names if n != "lattitude"}
+
+
+def _check_model_kwargs(model_kwargs: Mapping[str, Any] | None) -> None:
+    import inspect
+
+    if model_kwargs is None:
+        return
+    if not isinstance(model_kwargs, Mapping):
+        raise DataError(f"model_kwargs must be a dict of xclimax.ClimaX arguments; got {type(model_kwargs).__name__}")
+    known = set(inspect.signature(ClimaX).parameters) - {"variables", "img_size"}
+    unknown = sorted(set(model_kwargs) - known)
+    if unknown:
+        raise DataError(f"model_kwargs has unknown xclimax.ClimaX arguments {unknown}; expected some of {sorted(known)} "
+                        "(variables and img_size come from the data)")
+
+
+def _check_patch(img: Sequence[int], patch: int) -> None:
+    if isinstance(patch, bool) or not isinstance(patch, int) or patch < 1:
+        raise GridError(f"patch_size must be a positive integer; got {patch!r}")
+    if min(img) < patch:  # (other sizes are padded to whole patches inside the model)
+        raise GridError(f"the grid (lat, lon) = {tuple(img)} is smaller than one {patch}x{patch} patch "
+                        f"(patch_size={patch}): use a larger grid (regrid), or a smaller patch_size")
 
 
 def _pretrain(
@@ -101,21 +145,34 @@ def _pretrain(
     """Pre-training on one or several sources (see :func:`xclimax.pretrain`)."""
     if stats not in ("pooled", "per_source"):
         raise DataError(f"stats must be 'pooled' or 'per_source'; got {stats!r}")
+    if model is not None and not isinstance(model, ClimaX):
+        raise XClimaxError(f"model must be None (a new model) or an xclimax.ClimaX; got {type(model).__name__}")
+    lead_range(lead_times)  # validated before any work
+    if val_lead_time is not None:
+        as_timedelta(val_lead_time, "val_lead_time")
+    _check_model_kwargs(model_kwargs)
     data, val_data = prepare_data(ds, val, variables, extra_variables, variable_map)
     arrays, masks = data.arrays, data.masks
     img = grid_size(arrays, model)
     names = list(dict.fromkeys(str(v) for a in arrays.values() for v in a["variable"].values))
+    outs = [v for v in names if VARIABLES.get(v, {}).get("kind") != "constant"]
+    if not outs:
+        raise DataError(f"pretraining needs time-varying variables to predict; found only constants {names}")
+    kwargs = {**DEFAULT_MODEL, "patch_size": 2 if max(img) <= 64 else 4, **(model_kwargs or {})}
+    planned = dict(model.config) if model is not None else {**kwargs, "variables": names, "img_size": img}
+    _check_patch(img, int(planned.get("patch_size", 2)))
+    fit_batch_size({**planned, "variables": list(dict.fromkeys([*planned.get("variables", []), *names]))},
+                   resolve_device(config.device), requested=config.batch_size, n_in=len(names), n_out=len(outs),
+                   training=True, what="pretraining run")
     norm_stats, pooled = source_stats(arrays, masks, stats == "pooled")
+    _checks.ValueChecker.build(_named(names), model.stats if model is not None else None,
+                               what="training data").check_summary(pooled)
     if model is None:
         torch.manual_seed(config.seed)
-        kwargs = {**DEFAULT_MODEL, "patch_size": 2 if max(img) <= 64 else 4, **(model_kwargs or {})}
         model = ClimaX(variables=names, img_size=img, **kwargs)
     else:
         model = widen_model(model, names)
     model.stats = {**model.stats, **pooled}
-    outs = [v for v in names if VARIABLES.get(v, {}).get("kind") != "constant"]
-    if not outs:
-        raise DataError(f"pretraining needs time-varying variables to predict; found only constants {names}")
     task = _Pairs(lead_times)
     lat = np.asarray(next(iter(arrays.values()))["lat"].values)
     mapping = (extra_variables, variable_map)
@@ -128,7 +185,7 @@ def _pretrain(
                                          prefetch=config.prefetch, **val_data.loader_kwargs(*mapping))
     history = fit(model, task, loader, val_loader, config, lat=lat, mask=np.ones(img, bool), desc="xclimax pretrain")
     model.metadata.update(
-        task="pretrain", out_variables=outs,
+        task="pretrain", out_variables=outs, grid=grid_record(arrays),
         lead_times=[str(pd.Timedelta(v)) for v in (lead_times if isinstance(lead_times, (list, tuple)) else [lead_times])],
         time_step=str(pd.Timedelta(time_step(next(iter(arrays.values()))["time"].values))),
     )
@@ -152,7 +209,11 @@ def _finetune(
 ) -> tuple[ClimaX, xr.Dataset]:
     """Fine-tuning for one fixed lead time (see :func:`xclimax.finetune`)."""
     if not isinstance(model, ClimaX):
-        raise DataError(f"finetune needs a ClimaX model (e.g. from xclimax.load_checkpoint); got {type(model).__name__}")
+        raise XClimaxError(f"finetune needs a ClimaX model as model (e.g. from xclimax.load_checkpoint); "
+                           f"got {type(model).__name__}")
+    lead = as_timedelta(lead_time, "lead_time")
+    if lead <= pd.Timedelta(0):
+        raise DataError(f"lead_time must be positive; got {lead / pd.Timedelta('1h'):g} h ({lead_time!r})")
     the_task = _Pairs((lead_time, lead_time))
     if target is not None:
         raise DataError("target= is for tasks whose targets are separate data (task='downscale'); "
@@ -177,8 +238,12 @@ def _finetune(
     if missing:
         raise DataError(f"variables {missing} were not found in the data (found {found})")
     new_vars = [v for v in dict.fromkeys(ins + outs) if v not in model.variables]
-    tuned = widen_model(model, ins + outs)
+    fit_batch_size({**model.config, "variables": list(dict.fromkeys([*model.variables, *new_vars]))},
+                   resolve_device(config.device), requested=config.batch_size, n_in=len(ins), n_out=len(outs),
+                   training=True, what="fine-tuning run")
     _, pooled = source_stats(arrays, masks, True)
+    _checks.ValueChecker.build(_named(found), model.stats, what="training data").check_summary(pooled)
+    tuned = widen_model(model, ins + outs)
     stats = {**pooled, **{v: tuple(s) for v, s in model.stats.items()}}
     tuned.stats = {**tuned.stats, **{v: stats[v] for v in dict.fromkeys(ins + outs)}}
     hooks = freeze_parameters(tuned, freeze, new_vars)
@@ -199,6 +264,7 @@ def _finetune(
         p.requires_grad_(True)
     tuned.metadata.update(
         task="forecast", in_variables=ins, out_variables=outs, lead_time=str(pd.Timedelta(lead_time)),
+        grid=grid_record(arrays),
         region=region if region is None or isinstance(region, str) else {k: list(v) for k, v in region.items()},
         time_step=str(pd.Timedelta(time_step(next(iter(arrays.values()))["time"].values))),
     )

@@ -54,10 +54,24 @@ class TrainConfig:
         Validate every ``val_every`` steps (default: at the end of each epoch and of training).
     block_size, buffer_size, prefetch
         :class:`~xclimax.loading.BatchLoader` settings.
+    activation_checkpointing : bool
+        Recompute activations in the backward pass (``model.checkpoint_activations``): at
+        least twice the batch in the same memory, for about a third more compute per step;
+        identical results. See ``docs/performance.md``.
     callback : callable, optional
         ``callback(step, loss)`` after each optimiser step (and after any checkpoint of that
         step). On CUDA the losses are read from the GPU every 16 steps, and the callbacks of
-        those steps are called then, in order.
+        those steps are called then, in order. With ``client`` it is called in this process as
+        rank 0 reports its steps.
+    client : distributed.Client, optional
+        Train data-parallel on this dask cluster: one torch ``DistributedDataParallel`` rank per
+        worker (gloo on CPU, nccl on GPU), each reading its share of every global batch straight
+        from the data (a zarr-backed Dataset travels as its lazy graph; an in-memory one is sent
+        once). ``batch_size`` is the global batch: the result equals single-process training
+        with the same settings (up to floating-point rounding; dropout draws differ). Rank 0
+        writes the checkpoints and returns the model and history; a worker lost mid-run raises
+        :class:`~xclimax.distributed.ddp.WorkerLostError`, and ``resume=True`` continues from
+        the last checkpoint. See :mod:`xclimax.distributed`.
 
     Examples
     --------
@@ -91,7 +105,9 @@ class TrainConfig:
     block_size: int | None = None
     buffer_size: int | None = None
     prefetch: int = 2
+    activation_checkpointing: bool = False
     callback: Callable[[int, float], None] | None = None
+    client: Any = None
 
     def __post_init__(self) -> None:
         def positive_int(name: str, optional: bool) -> None:
@@ -121,12 +137,16 @@ class TrainConfig:
             raise DataError(f"grad_clip must be a positive number or None; got {self.grad_clip!r}")
         if self.warmup_steps is not None and (not isinstance(self.warmup_steps, int) or self.warmup_steps < 0):
             raise DataError(f"warmup_steps must be a non-negative integer or None; got {self.warmup_steps!r}")
+        if not isinstance(self.activation_checkpointing, bool):
+            raise DataError(f"activation_checkpointing must be True or False; got {self.activation_checkpointing!r}")
         if self.precision not in (None, "bf16", "fp16"):
             raise DataError(f"precision must be None, 'bf16' or 'fp16'; got {self.precision!r}")
         if not isinstance(self.seed, int) or isinstance(self.seed, bool):
             raise DataError(f"seed must be an integer; got {self.seed!r}")
         if self.callback is not None and not callable(self.callback):
             raise DataError(f"callback must be callable(step, loss); got {type(self.callback).__name__}")
+        if self.client is not None and type(self.client).__name__ != "Client":
+            raise DataError(f"client must be a dask.distributed.Client; got {type(self.client).__name__}")
 
     def replace(self, **changes: Any) -> "TrainConfig":
         """A copy with some fields changed (unknown names raise :class:`~xclimax.DataError`)."""
@@ -151,6 +171,13 @@ def build_config(config: TrainConfig | None, recipe: Mapping[str, Any] | None = 
     return dataclasses.replace(base, **overrides) if overrides else base
 
 
+def _settings_doc() -> str:
+    """The parameter entries of :class:`TrainConfig`'s docstring, for the functions that take its fields."""
+    doc = TrainConfig.__doc__ or ""
+    body = doc[doc.index("----------\n") + len("----------\n"): doc.index("\n    Examples")]
+    return body.strip("\n").lstrip()
+
+
 def with_config_signature(recipe: Mapping[str, Any] | None = None) -> Callable[[Callable], Callable]:
     """Decorator: show the :class:`TrainConfig` fields as keyword arguments of a ``**train_kwargs`` function.
 
@@ -165,6 +192,8 @@ def with_config_signature(recipe: Mapping[str, Any] | None = None) -> Callable[[
         extra = [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=value)
                  for name, value in defaults.items() if name not in have]
         func.__signature__ = sig.replace(parameters=params + extra)  # type: ignore[attr-defined]
+        if func.__doc__ and "{train_settings}" in func.__doc__:
+            func.__doc__ = func.__doc__.replace("{train_settings}", _settings_doc())
         return func
 
     return decorate

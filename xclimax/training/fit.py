@@ -23,6 +23,7 @@ import torch
 import xarray as xr
 
 from .._utils import resolve_device
+from ..distributed import ddp
 from ..exceptions import CheckpointError, DataError
 from ..loading import BatchLoader
 from ..nn.model import ClimaX
@@ -97,18 +98,25 @@ def fit(
     lat: np.ndarray,
     mask: np.ndarray,
     desc: str,
+    rank: Any = None,
 ) -> xr.Dataset:
     """Train ``model`` in place with ``config``; return the history Dataset.
 
     ``task`` is duck-typed: ``task.forward(model, batch)`` gives the prediction of ``batch.y``.
     The loss is ClimaX's latitude-weighted MSE in normalised space over the pixels of ``mask``.
+    With ``config.client`` the loop runs data-parallel on the dask cluster (one rank per worker,
+    see :func:`_fit_on_cluster`); ``rank`` (a :class:`~xclimax.distributed.ddp.RankContext`) is
+    set on those ranks.
     """
     from tqdm.auto import tqdm
 
     c = config
+    if c.client is not None and rank is None:
+        return _fit_on_cluster(model, task, loader, val_loader, c, lat=lat, mask=mask, desc=desc)
+    main = rank is None or rank.is_main  # rank 0 (or a single process) keeps history, checkpoints, validation
     max_steps, epochs, accumulate, precision = c.max_steps, c.epochs, c.accumulate, c.precision
     grad_clip, val_every, callback = c.grad_clip, c.val_every, c.callback
-    device = resolve_device(c.device)
+    device = rank.device if rank is not None else resolve_device(c.device)
     if precision is None and device.type == "cuda":
         precision = OPTIONS["autocast"]
     if precision == "fp16" and device.type != "cuda":
@@ -127,6 +135,9 @@ def fit(
     every = c.checkpoint_every or max(1, total // 10)
 
     model.to(device).train()
+    if c.activation_checkpointing:  # recompute activations in the backward pass (same results, less memory)
+        model.checkpoint_activations = True
+    net = model if rank is None else ddp.wrap(model, rank)  # what the task calls: gradients averaged over ranks
     optimizer = configure_optimizer(model, lr=c.lr, betas=c.betas, weight_decay=c.weight_decay)
     scheduler = LinearWarmupCosine(optimizer, warmup, total, warmup_start_lr=c.warmup_start_lr, eta_min=c.eta_min)
     scaler = torch.amp.GradScaler("cuda", enabled=precision == "fp16")
@@ -140,7 +151,9 @@ def fit(
     step, epoch, position = 0, 0, 0
 
     if c.resume:
-        state = latest_state(ckpt_dir)  # type: ignore[arg-type]
+        state = latest_state(ckpt_dir) if main else None  # type: ignore[arg-type]
+        if rank is not None:
+            state = ddp.broadcast_object(state, rank)  # rank 0's checkpoint on every rank
         if state is not None:
             if tuple(state["variables"]) != tuple(model.variables):
                 raise CheckpointError(
@@ -151,13 +164,18 @@ def fit(
             optimizer.load_state_dict(state["optimizer"])
             scheduler.load_state_dict(state["scheduler"])
             scaler.load_state_dict(state["scaler"])
-            set_rng_state(state["rng"])
+            ranks_rng = state.get("rng_ranks")
+            set_rng_state(ranks_rng[rank.rank] if rank is not None and ranks_rng and len(ranks_rng) == rank.world_size
+                          else state["rng"])
             step, epoch, position = state["step"], state["epoch"], state["position"]
             hist = {k: list(v) for k, v in state["history"].items()}
             logger.info("resumed from step %d (epoch %d, batch %d)", step, epoch, position)
 
     def save() -> None:
         if ckpt_dir is None:
+            return
+        rngs = ddp.gather_objects(rng_state(), rank) if rank is not None else None  # (every rank takes part)
+        if not main:
             return
         state = {
             "format": "xclimax-train", "format_version": 1, "step": step, "epoch": epoch, "position": position,
@@ -166,10 +184,12 @@ def fit(
             "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
             "rng": rng_state(), "history": hist,
         }
+        if rngs is not None:
+            state["rng_ranks"] = rngs
         save_state(ckpt_dir, state)
 
     def validate() -> None:
-        if val_loader is None:
+        if val_loader is None or not main:  # (rank 0 validates alone, on the unwrapped model: no collectives)
             return
         model.eval()
         scores = ValidationScores(torch.as_tensor(lat_weights(lat))[:, None], torch.as_tensor(mask))
@@ -195,7 +215,7 @@ def fit(
         logger.info("step %d validation: loss %.4g; %s", step, total_loss / max(count, 1),
                     ", ".join(f"{v}: rmse {r:.4g} acc {a:.3f}" for v, (r, a) in res.items()))
 
-    bar = tqdm(total=total, initial=step, desc=desc, unit="step", disable=not OPTIONS["progress"])
+    bar = tqdm(total=total, initial=step, desc=desc, unit="step", disable=not OPTIONS["progress"] or rank is not None)
     pending = 0
     running = None
     # losses are read from the device in groups: a per-step read would make the GPU wait for Python each step
@@ -216,6 +236,8 @@ def fit(
             hist["var_loss"].append([row[v] for v in outs])
             running = value if running is None else 0.98 * running + 0.02 * value
             synced.append((n, value))
+            if rank is not None:
+                rank.report(n, total, value)  # to the client's progress bar and callback
         bar.update(len(unsynced))
         bar.set_postfix(loss=f"{running:.4g}")
         unsynced.clear()
@@ -225,11 +247,16 @@ def fit(
             try:
                 for batch in it:
                     batch = batch.to(device, non_blocking=True)
-                    with autocast:
-                        pred = task.forward(model, batch)
-                    per_var = weighted_sq_error(pred, batch.y, wmap)
-                    loss = per_var.mean()
-                    scaler.scale(loss / accumulate).backward()
+                    # (ranks exchange gradients once per optimiser step, not per micro-batch)
+                    with net.no_sync() if rank is not None and pending + 1 < accumulate else nullcontext():
+                        with autocast:
+                            pred = task.forward(net, batch)
+                        if rank is None:
+                            per_var = weighted_sq_error(pred, batch.y, wmap)
+                            loss = per_var.mean()
+                        else:  # this rank's share of the global batch's loss (see ddp.batch_loss)
+                            per_var, loss = ddp.batch_loss(pred, batch, wmap, rank)
+                        scaler.scale(loss / accumulate).backward()
                     position += 1
                     pending += 1
                     if pending < accumulate:
@@ -244,6 +271,9 @@ def fit(
                     hist["lr"].append(float(scheduler.get_last_lr()[0]))
                     scheduler.step()
                     step += 1
+                    if rank is not None:  # the global batch's loss, as a single process would record it
+                        per_var = ddp.all_sum(per_var.detach().clone())
+                        loss = per_var.mean()
                     unsynced.append((step, epoch, loss.detach(), per_var.detach(), batch.out_variables))
                     checkpoint_now = step % every == 0 and step < total
                     validate_now = bool(val_every) and step % val_every == 0
@@ -275,6 +305,69 @@ def fit(
         bar.close()
     model.eval()
     return _history(hist, outs)
+
+
+def _fit_on_cluster(model: ClimaX, task: Any, loader: BatchLoader, val_loader: BatchLoader | None,
+                    config: TrainConfig, *, lat: np.ndarray, mask: np.ndarray, desc: str) -> xr.Dataset:
+    """:func:`fit` data-parallel on ``config.client``'s workers (one rank each); ``model`` gets rank 0's weights.
+
+    The model, the task and the loaders travel once (scattered; a loader is rebuilt on each rank
+    from its arguments, so zarr-backed data are read there, straight from the store); each rank
+    serves its part of every global batch (``BatchLoader.share``). Rank 0's steps reach this
+    process's progress bar and ``config.callback`` as they happen.
+    """
+    from tqdm.auto import tqdm
+
+    client, callback = config.client, config.callback
+    # gradient hooks (e.g. rows of var_embed frozen by finetune(freeze=...)) are not pickled with the parameters
+    hooks = {n: list(p._backward_hooks.values()) for n, p in model.named_parameters() if getattr(p, "_backward_hooks", None)}
+    n_ranks = len(client.scheduler_info()["workers"])
+    bar = tqdm(desc=f"{desc} ({n_ranks} ranks)", unit="step", disable=not OPTIONS["progress"])
+    delivered = 0
+
+    def on_event(msg: dict) -> None:
+        nonlocal delivered
+        step, loss = int(msg["step"]), msg.get("loss")
+        bar.total = msg.get("total", bar.total)
+        bar.update(max(0, step - bar.n))
+        if loss is not None:
+            bar.set_postfix(loss=f"{loss:.4g}")
+        if callback is not None and step > delivered and loss is not None:
+            callback(step, float(loss))
+        delivered = max(delivered, step)
+
+    try:
+        results = ddp.launch(client, _fit_rank, model, task, loader, val_loader, config.replace(client=None, callback=None),
+                             lat=lat, mask=mask, desc=desc, hooks=hooks, options={"autocast": OPTIONS["autocast"]},
+                             device=config.device, on_event=on_event)
+    finally:
+        bar.close()
+    state, history = results[0]
+    model.load_state_dict(state)
+    model.eval()
+    if callback is not None:  # steps whose reports had not arrived when the ranks finished
+        for step, value in zip(history["step"].values.tolist(), history["loss"].values.tolist()):
+            if step > delivered:
+                callback(int(step), float(value))
+    return history
+
+
+def _fit_rank(model: ClimaX, task: Any, loader: BatchLoader, val_loader: BatchLoader | None, config: TrainConfig, *,
+              lat: np.ndarray, mask: np.ndarray, desc: str, hooks: dict, options: dict, ctx: Any) -> Any:
+    """One rank of :func:`_fit_on_cluster` (runs on a dask worker): ``(state_dict, history)`` on rank 0."""
+    from ..options import set_options
+
+    loader.rank, loader.world_size = ctx.rank, ctx.world_size
+    loader.pin_memory = ctx.device.type == "cuda"
+    for name, p in model.named_parameters():
+        for hook in hooks.get(name, ()):
+            p.register_hook(hook)
+    torch.manual_seed(config.seed + 7919 * ctx.rank)  # dropout: a stream of its own on each rank
+    with set_options(progress=False, **options):  # the client's options that change results
+        history = fit(model, task, loader, val_loader, config, lat=lat, mask=mask, desc=desc, rank=ctx)
+    if not ctx.is_main:
+        return None
+    return {k: v.detach().cpu() for k, v in model.state_dict().items()}, history
 
 
 def _history(hist: dict, outs: list[str]) -> xr.Dataset:

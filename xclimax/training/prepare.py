@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import logging
 import math
+import os
 import re
 from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
@@ -13,6 +14,7 @@ import numpy as np
 import torch
 import xarray as xr
 
+from ..cf import checks as _checks
 from ..cf import grid as _grid
 from ..cf import stats as _normalize
 from ..cf import tokens as _tokens
@@ -85,10 +87,11 @@ def region_mask(lat: np.ndarray, lon: np.ndarray, region: str | Mapping[str, Any
     inside = in_lat[:, None] & in_lon[None, :]
     p = int(patch_size)
     H, W = inside.shape
-    patches = inside.reshape(H // p, p, W // p, p).all(axis=(1, 3))
+    padded = np.pad(inside, ((0, -H % p), (0, -W % p)))  # the model pads grids to whole patches
+    patches = padded.reshape(padded.shape[0] // p, p, padded.shape[1] // p, p).all(axis=(1, 3))
     if not patches.any():
         raise DataError(f"no whole {p}x{p} patch of the grid lies inside the region {region}")
-    return np.repeat(np.repeat(patches, p, 0), p, 1)
+    return np.repeat(np.repeat(patches, p, 0), p, 1)[:H, :W]
 
 
 
@@ -127,17 +130,29 @@ def _canonical(
     found = _tokens.find_variables(norm, variables, extra_variables=extra_variables, variable_map=variable_map, strict=variables is not None)
     if not found:
         raise DataError(f"no ClimaX variable found in the Dataset (data variables: {list(ds.data_vars)})")
+    _checks.check_dtypes(norm, found)
     on_disk = [v for v in norm.data_vars.values() if v.chunks is None and not v.variable._in_memory]
     if on_disk:  # opened lazily without dask (``chunks=None``): statistics by on-disk time chunks, bounded memory
         step = max([v.encoding.get("preferred_chunks", {}).get("time") or 0 for v in on_disk] or [0]) or 16
         da = _tokens.to_array(norm.chunk({"time": step}), list(found), extra_variables=extra_variables,
                               variable_map=variable_map)
+        _check_first_step(da, found)
         return da, norm
     da = _tokens.to_array(norm, list(found), extra_variables=extra_variables, variable_map=variable_map)
+    _check_first_step(da, found)
     return da, (norm if da.chunks is not None else da)
 
 
+def _check_first_step(da: xr.DataArray, found: Mapping[str, Any]) -> None:
+    """Finite, plausible values in the first time step (one cheap read), before statistics and training."""
+    names = [str(v) for v in da["variable"].values]
+    checker = _checks.ValueChecker.build(found, order=names, what="training data (first time step)")
+    checker(np.asarray(da.isel(time=[0]).values))
+
+
 def _sources(ds: Any) -> dict[str, Any]:
+    if isinstance(ds, (str, os.PathLike)):  # a zarr store (path or fsspec URL), opened lazily
+        return {"data": xr.open_zarr(ds)}
     if isinstance(ds, (xr.Dataset, xr.DataArray)):
         return {"data": ds}
     if isinstance(ds, Mapping):
@@ -152,16 +167,42 @@ def _sources(ds: Any) -> dict[str, Any]:
 
 
 def grid_size(arrays: Mapping[str, xr.DataArray], model: ClimaX | None) -> tuple[int, int]:
+    """The ``(lat, lon)`` size of the training grid, shared by all sources (global or limited-area, any size).
+
+    A given model must have that size (``xclimax.load_checkpoint(path, img_size=...)`` adapts one);
+    its grid becomes the data's (``grid_record``), so a model can be fine-tuned onto another area.
+    """
     shapes = {(a.sizes["lat"], a.sizes["lon"]) for a in arrays.values()}
     if len(shapes) != 1:
         raise GridError(f"all sources must share one grid; found lat x lon sizes {sorted(shapes)}")
-    img = model.img_size if model is not None else shapes.pop()
+    first_name, first = next(iter(arrays.items()))
     for name, a in arrays.items():
         try:
-            _grid.check_grid(a, tuple(img))
+            _grid.check_grid(a, first)
         except GridError as err:
-            raise GridError(f"source {name!r}: {err} Regrid with xclimax.grid.regrid first.") from None
-    return tuple(img)  # type: ignore[return-value]
+            raise GridError(f"all sources must share one grid: source {name!r} differs from source {first_name!r}: "
+                            f"{err}") from None
+    img = shapes.pop()
+    if model is not None:
+        if tuple(model.img_size) != img:
+            raise GridError(
+                f"grid shape mismatch: the model expects (lat, lon) = {tuple(model.img_size)}, found {img} "
+                f"({_grid.grid_domain(first)}); regrid the data onto the model's grid with "
+                "xclimax.grid.regrid(ds, *xclimax.grid.model_grid(model)), or load the checkpoint at the data's size "
+                f"with xclimax.load_checkpoint(path, img_size={img})"
+            )
+        try:
+            _grid.check_grid(first, model)
+        except GridError:
+            logger.info("training on a grid other than the model's recorded one (%s): the trained model takes "
+                        "the data's grid", _grid.grid_domain(first))
+    return img  # type: ignore[return-value]
+
+
+def grid_record(arrays: Mapping[str, xr.DataArray]) -> dict[str, list[float]]:
+    """The training grid as ``model.metadata["grid"]`` records it."""
+    first = next(iter(arrays.values()))
+    return _grid.grid_metadata(first["lat"].values, first["lon"].values)
 
 
 def source_stats(arrays: Mapping[str, xr.DataArray], masks: Mapping[str, np.ndarray], pooled: bool) -> tuple[dict, dict]:
@@ -170,7 +211,22 @@ def source_stats(arrays: Mapping[str, xr.DataArray], masks: Mapping[str, np.ndar
     moments: dict[str, list] = {}
     for name, da in arrays.items():
         sub = da.isel(time=np.nonzero(masks[name])[0])
-        st = _normalize.stats_to_dict(_normalize.compute_stats(sub))
+        # statistics and a count of non-finite values (NaN are skipped by the means) in one pass over the data
+        others = [d for d in da.dims if d != "variable"]
+        lazy_stats, nonfinite = _normalize.compute_stats(sub), (~np.isfinite(da)).sum(others)
+        if lazy_stats.chunks or nonfinite.chunks:
+            import dask
+
+            lazy_stats, nonfinite = dask.compute(lazy_stats, nonfinite)
+        bad = {str(v): int(n) for v, n in zip(nonfinite["variable"].values, np.asarray(nonfinite.values)) if n}
+        if bad:
+            per = da.size // max(1, da.sizes["variable"])
+            raise DataError(
+                f"training source {name!r} contains non-finite values (NaN or inf; expected finite numbers "
+                f"everywhere): {', '.join(f'{v}: {n} of {per}' for v, n in bad.items())}. Fill or drop them before "
+                "training (ds.fillna / ds.dropna / ds.interpolate_na)"
+            )
+        st = _normalize.stats_to_dict(lazy_stats)
         n = sub.size // max(1, sub.sizes["variable"])
         per[name] = st
         for v, (m, s) in st.items():
@@ -256,7 +312,8 @@ def prepare_data(
         return {k: p[0] for k, p in pairs.items()}, {k: p[1] for k, p in pairs.items()}
 
     arrays, feeds = load(ds)
-    for a in arrays.values():
+    for name, a in arrays.items():
+        _checks.check_times(a, "time", what=f"training source {name!r}", sorted_=True)
         time_step(a["time"].values)  # validates the time axis early
     if isinstance(val, (xr.Dataset, xr.DataArray, Mapping, list, tuple)):
         val_arrays, val_feeds = load(val)
