@@ -44,7 +44,7 @@ extensions = [
     "myst_nb",  # brings myst_parser: .md pages and MyST Markdown notebooks
 ]
 
-templates_path = ["_templates", sphinx_autosummary_accessors.templates_path]
+templates_path = [sphinx_autosummary_accessors.templates_path]
 exclude_patterns = ["_build", "jupyter_execute", "**.ipynb_checkpoints", "README.md"]
 source_suffix = {".rst": "restructuredtext", ".md": "myst-nb", ".ipynb": "myst-nb"}
 root_doc = "index"
@@ -104,7 +104,7 @@ html_theme_options = {
     "footer_end": ["sphinx-version"],
 }
 html_context = {"default_mode": "light"}
-html_sidebars = {"index": [], "quickstart": []}
+html_sidebars = {"index": []}
 
 
 # --------------------------------------------------------------------------- API completeness check

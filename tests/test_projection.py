@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import dask
 import numpy as np
 import pytest
 import torch
@@ -293,3 +294,24 @@ def test_bad_inputs_are_refused_with_the_reason(data, trained):
         xclimax.finetune(test, base, task="projection", inputs=["CO2", "tas"], outputs=["tas"], max_steps=1)
     with pytest.raises(xclimax.GridError):
         xclimax.project(xclimax.tutorial.open_climatebench(TEST, grid=(4, 8)), model)
+
+
+def test_project_leaves_the_callers_model_as_it_was_and_is_lazy_on_dask(data, trained):
+    _, model, _ = trained
+    test = data.sel(scenario=TEST).isel(time=slice(200, None))
+    ref = xclimax.project(test, model)
+    model.train()
+    try:
+        again = xclimax.project(test, model)
+        assert model.training  # not switched to eval mode behind the caller's back
+    finally:
+        model.eval()
+    np.testing.assert_array_equal(again["tas"].values, ref["tas"].values)  # the eval-mode output all the same
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("computed while building the graph")
+
+    with dask.config.set(scheduler=refuse):
+        lazy = xclimax.project(test.chunk({"time": -1}), model)
+    assert lazy["tas"].chunks is not None
+    np.testing.assert_allclose(lazy["tas"].values, ref["tas"].values, rtol=1e-6, atol=1e-6)

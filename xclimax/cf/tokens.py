@@ -683,7 +683,7 @@ def from_array(
             singles.append(n)
         else:
             groups.setdefault(base, []).append((lev, n))
-    out = xr.Dataset(attrs={"note": "values in the canonical units of xclimax.vocab (see each variable's units)"})
+    out = xr.Dataset(attrs={"note": "units as in each variable's 'units' attribute"})
 
     def attrs_for(n: str, base: str | None = None) -> dict[str, Any]:
         spec = reg.get(n)

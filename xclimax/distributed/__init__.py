@@ -14,13 +14,17 @@ and a ``Client``; xclimax uses the active Client.
 
 from __future__ import annotations
 
+from .ddp import WorkerLostError
 from .workers import ModelRef, active_client, cache_info, clear_cache, model_key, prepare, worker_cache_info
 
-__all__ = ["ModelRef", "active_client", "cache_info", "clear_cache", "model_key", "prepare", "worker_cache_info"]
+__all__ = [
+    "ModelRef", "WorkerLostError", "active_client", "cache_info", "clear_cache", "model_key", "prepare",
+    "worker_cache_info",
+]
 
 
 def __getattr__(name: str):
-    if name in ("zarr", "ddp", "workers"):  # submodules, imported on first use (ddp imports torch.distributed)
+    if name in ("zarr", "ddp", "workers"):  # submodules, imported on first use
         import importlib
 
         return importlib.import_module(f".{name}", __name__)

@@ -317,6 +317,7 @@ def _clear_worker(dask_worker: Any = None) -> None:
 # ----------------------------------------------------------------------------- client side
 
 _SCATTERED: dict[str, "OrderedDict[str, Any]"] = {}
+_WARNED: set[str] = set()
 _SCATTER_LOCK = threading.Lock()
 
 
@@ -392,7 +393,11 @@ class ModelRef:
 
     def __reduce__(self) -> tuple:
         if self.local is not None:
-            # built for an in-process scheduler but sent to a worker: the weights travel with it
+            # built for an in-process scheduler but sent to a worker: the weights travel with every task
+            if self.key not in _WARNED:
+                _WARNED.add(self.key)
+                logger.warning("a prediction built without a dask.distributed Client is being sent to workers: the "
+                               "model's weights travel with every task; build it after creating the Client")
             return (ModelRef, (self.key, self.device, self.autocast, self.cache_size, None, _payload(self.local)))
         return (ModelRef, (self.key, self.device, self.autocast, self.cache_size, None, self.inline))
 

@@ -138,8 +138,9 @@ def write_regions(
     dim : str
         The dimension cut into regions.
     region_size : int, optional
-        Steps of ``dim`` per region, rounded up to whole chunks. Default: two chunks per thread
-        of the active Client (or per CPU core in-process), so that every worker has work.
+        Steps of ``dim`` per region, rounded up to whole chunks. Default: the regions of the write
+        being resumed, else two chunks per thread of the active Client (or per CPU core
+        in-process), so that every worker has work.
     resume : bool
         Continue an interrupted write into ``store``: regions already written are skipped. The
         store must hold the same layout, coordinates and ``fingerprint`` (else
@@ -172,8 +173,14 @@ def write_regions(
     n = int(ds.sizes[dim])
     chunk = _uniform_chunk(ds, dim)
     ds = ds.chunk({dim: chunk})  # uniform zarr chunks along dim (lazy; in-memory data become dask-backed)
-    if region_size is None:
-        region_size = 2 * _parallelism() * chunk
+    old = None
+    if resume and _exists(store, storage_options):
+        try:
+            old = dict(_open_marker(store, "r", storage_options).attrs).get("fingerprint") or {}
+        except Exception:  # no marker: reported below
+            old = {}
+    if region_size is None:  # a resumed write keeps its regions (the cluster may have another size now)
+        region_size = (old or {}).get("region_size") or 2 * _parallelism() * chunk
     if isinstance(region_size, bool) or not isinstance(region_size, (int, np.integer)) or region_size < 1:
         raise DataError(f"region_size must be a positive integer; got {region_size!r}")
     region_size = int(-(-int(region_size) // chunk) * chunk)  # whole zarr chunks: regions never share one
@@ -187,14 +194,13 @@ def write_regions(
                 for name, var in ds.data_vars.items() if var.chunks is not None}
 
     done = None
-    if resume and _exists(store, storage_options):
+    if old is not None:
         done = regions_done(store, storage_options=storage_options)
         if done is None:
             raise DataError(
                 f"{store!r} exists but was not written by xclimax region by region, so it cannot be resumed; "
                 "pass resume=False to replace it"
             )
-        old = dict(_open_marker(store, "r", storage_options).attrs).get("fingerprint")
         if old != fp:
             diff = sorted(k for k in set(fp) | set(old or {}) if (old or {}).get(k) != fp.get(k))
             raise DataError(

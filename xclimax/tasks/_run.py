@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import datetime as _dt
 import logging
-import threading
-import uuid
 import warnings
 from typing import TYPE_CHECKING, Any, Sequence
 
@@ -49,54 +47,6 @@ logger = logging.getLogger(__name__)
 def _is_dynamic(name: str) -> bool:
     spec = VARIABLES.get(name)
     return spec is None or spec["kind"] != "constant"
-
-
-class _ModelHandle:
-    """A model reference that travels cheaply in dask graphs.
-
-    In-process (threaded or synchronous schedulers) the model object is used directly.
-    When pickled for a distributed worker, it carries the weights once; each worker process
-    rebuilds the model a single time and keeps it in a process-wide cache keyed by ``token``.
-    """
-
-    _cache: dict[str, Any] = {}
-    _lock = threading.Lock()
-
-    def __init__(self, model: "ClimaX", device: Any, token: str | None = None) -> None:
-        self.model = model
-        self.device = device
-        self.token = token or uuid.uuid4().hex
-
-    def get(self) -> "ClimaX":
-        return self.model
-
-    def __dask_tokenize__(self) -> str:
-        return self.token
-
-    def __reduce__(self):
-        from safetensors.torch import save
-
-        state = {k: v.detach().cpu().contiguous() for k, v in self.model.state_dict().items()}
-        payload = (save(state), dict(self.model.config), dict(self.model.stats), dict(self.model.metadata))
-        return (_rebuild_handle, (self.token, payload, str(self.device)))
-
-
-def _rebuild_handle(token: str, payload: tuple, device: str) -> _ModelHandle:
-    with _ModelHandle._lock:
-        model = _ModelHandle._cache.get(token)
-        if model is None:
-            from safetensors.torch import load
-
-            from ..nn.model import ClimaX
-
-            blob, config, stats, metadata = payload
-            model = ClimaX(**config)
-            model.load_state_dict(load(blob))
-            model.stats, model.metadata = dict(stats), dict(metadata)
-            model = model.to(resolve_device(device)).eval()
-            _ModelHandle._cache[token] = model
-            logger.info("loaded model %s on this worker", token[:8])
-    return _ModelHandle(model, device, token)
 
 
 def _run_blocks(
@@ -167,6 +117,40 @@ def _run_blocks(
             if progress is not None:
                 progress.update(x.shape[0])
     return out.reshape(lead_shape + out.shape[1:])
+
+
+def _stack_block(block: xr.Dataset, names: Sequence[str], extra_variables: Any, variable_map: Any) -> xr.DataArray:
+    """The canonical array of one block of source variables (numpy), as ``tokens.to_array`` gives it."""
+    with warnings.catch_warnings():  # reported when the graph was built
+        warnings.simplefilter("ignore", XClimaxWarning)
+        out = _tokens.to_array(block, list(names), extra_variables=extra_variables, variable_map=variable_map)
+    return out.transpose(..., "time", "variable", "lat", "lon")
+
+
+def _stacked_blocks(ds_n: xr.Dataset, arr: xr.DataArray, found: dict, names: Sequence[str], batch_dims: Sequence[str],
+                    time_chunks: Any, extra_variables: Any, variable_map: Any) -> Any:
+    """The dask array of ``arr`` (the canonical array of ``ds_n``) with one task per block.
+
+    ``tokens.to_array`` on dask data makes a few tasks per ClimaX variable and block (selections,
+    unit conversions, broadcasts, the concatenation): about a hundred per block for 48 variables,
+    each costing a scheduler round trip on a cluster. Here each block's source variables are read
+    (one task each) and stacked by ``to_array`` inside a single task (``xr.map_blocks``).
+    """
+    tname = _time.time_dim(ds_n)
+    sources = sorted({found[v].source for v in names if getattr(found[v], "source", None)})
+    sub = ds_n[sources] if sources else ds_n
+    chunks = {d: -1 for d in sub.dims}
+    chunks.update({d: arr.chunksizes[d] for d in batch_dims if d in sub.dims})
+    chunks[tname] = time_chunks
+    template = arr.chunk({**{d: arr.chunksizes[d] for d in batch_dims}, "time": time_chunks,
+                          "variable": -1, "lat": -1, "lon": -1})
+    try:
+        out = xr.map_blocks(_stack_block, sub.chunk(chunks), template=template,
+                            kwargs=dict(names=tuple(names), extra_variables=extra_variables, variable_map=variable_map))
+    except (ValueError, TypeError) as err:  # an unusual layout map_blocks cannot express: the plain graph
+        logger.debug("stacking blocks with to_array's own graph (%s)", err)
+        return template.data
+    return out.data
 
 
 def _output_names(wanted: Sequence[str], found: dict, model: "ClimaX") -> list[str]:
@@ -254,7 +238,7 @@ def run(
         _grid.check_grid(ds_n, model)
     except GridError as err:
         if regrid is None:
-            raise GridError(f"{err} Pass regrid='bilinear' or regrid='conservative' to regrid inputs to the model grid.") from None
+            raise GridError(str(err)) from None  # the message says how to regrid
         _grid.check_coverage(ds_n, mlat, mlon, method=regrid, what=("input", "model grid"))  # never extrapolate
         logger.info("regridding inputs (%s) to the model grid %s", regrid, tuple(model.img_size))
         ds_n = _checks.guard_finite(ds_n, {k: v for k, v in found.items() if k in model.variables})
@@ -353,7 +337,7 @@ def run(
         nb = len(batch_dims)
         time_chunks = batch_size if batch_size is not None else arr.data.chunks[nb]
         # one task per chunk-aligned batch: batch dims (e.g. ensemble members) keep their chunks
-        data = arr.data.rechunk({nb: time_chunks, nb + 1: -1, nb + 2: -1, nb + 3: -1})
+        data = _stacked_blocks(ds_n, arr, found, in_vars, batch_dims, time_chunks, extra_variables, variable_map)
         ind_in = tuple(range(nb + 4))  # batch..., time, var, lat, lon
         lead_ax, var_ax = nb + 4, nb + 5
         ind_out = tuple(range(nb + 1)) + (lead_ax, var_ax, nb + 2, nb + 3)

@@ -252,6 +252,7 @@ class DownscaleTask(Task):
 
         # ---- model, loaders, loop
         new_vars = [v for v in dict.fromkeys(ins + outs) if v not in model.variables]
+        torch.manual_seed(config.seed)  # fresh weights of new variables depend on the seed alone
         tuned = widen_model(model, ins + outs)
         tuned.stats = {**tuned.stats, **{v: stats[v] for v in dict.fromkeys(ins + outs)}}
         hooks = freeze_parameters(tuned, freeze, new_vars)

@@ -167,8 +167,8 @@ def _pretrain(
     norm_stats, pooled = source_stats(arrays, masks, stats == "pooled")
     _checks.ValueChecker.build(_named(names), model.stats if model is not None else None,
                                what="training data").check_summary(pooled)
+    torch.manual_seed(config.seed)  # fresh weights (new model or new variables) depend on the seed alone
     if model is None:
-        torch.manual_seed(config.seed)
         model = ClimaX(variables=names, img_size=img, **kwargs)
     else:
         model = widen_model(model, names)
@@ -243,6 +243,7 @@ def _finetune(
                    training=True, what="fine-tuning run")
     _, pooled = source_stats(arrays, masks, True)
     _checks.ValueChecker.build(_named(found), model.stats, what="training data").check_summary(pooled)
+    torch.manual_seed(config.seed)  # fresh weights of new variables depend on the seed alone
     tuned = widen_model(model, ins + outs)
     stats = {**pooled, **{v: tuple(s) for v, s in model.stats.items()}}
     tuned.stats = {**tuned.stats, **{v: stats[v] for v in dict.fromkeys(ins + outs)}}

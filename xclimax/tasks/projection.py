@@ -32,14 +32,15 @@ from .._utils import resolve_device
 from .._version import __version__
 from ..cf import grid as _grid
 from ..cf import tokens as _tokens
+from ..cf.stats import stats_arrays
+from ..distributed.workers import prepare as prepare_model
 from ..exceptions import CFMappingError, CheckpointError, DataError, GridError, XClimaxError
 from ..nn.climatebench import DEFAULT_FORCINGS, DEFAULT_RESPONSES, KIND, ClimaXClimateBench
 from ..nn.model import ClimaX
 from ..options import OPTIONS
 from ..training.config import TrainConfig
-from ..training.optim import LinearWarmupCosine, configure_optimizer
+from ..training.optim import LinearWarmupCosine, configure_optimizer, optimiser_step
 from ..vocab import VARIABLES, canonical_name
-from ._run import _ModelHandle
 from .base import Task
 
 __all__ = ["ProjectionTask"]
@@ -181,34 +182,11 @@ def _attrs_of(ds: xr.Dataset, name: str, variable_map: Mapping[str, str] | None,
 
 
 # ----------------------------------------------------------------------------- model runner
-class _BenchHandle(_ModelHandle):
-    """A :class:`ClimaXClimateBench` reference for dask graphs (rebuilt once per worker process)."""
-
-    def __reduce__(self):
-        from safetensors.torch import save
-
-        state = {k: v.detach().cpu().contiguous() for k, v in self.model.state_dict().items()}
-        payload = (save(state), dict(self.model.config), dict(self.model.stats), dict(self.model.metadata))
-        return (_rebuild_bench, (self.token, payload, str(self.device)))
-
-
-def _rebuild_bench(token: str, payload: tuple, device: str) -> _BenchHandle:
-    with _ModelHandle._lock:
-        model = _ModelHandle._cache.get(token)
-        if model is None:
-            from safetensors.torch import load
-
-            blob, config, stats, metadata = payload
-            model = ClimaXClimateBench.from_state(load(blob), config, stats=stats, metadata=metadata)
-            model = model.to(resolve_device(device)).eval()
-            _ModelHandle._cache[token] = model
-    return _BenchHandle(model, device, token)
-
-
 def _project_block(
     data: np.ndarray,
-    handle: _ModelHandle,
+    payload: Any = None,
     *,
+    ref: Any,
     in_vars: Sequence[str],
     out_vars: Sequence[str],
     mean_in: np.ndarray,
@@ -219,8 +197,7 @@ def _project_block(
     progress: Any = None,
 ) -> np.ndarray:
     """``[..., T, Vin, H, W]`` (physical) -> ``[..., T, Vout, H, W]`` (physical; NaN for the first history - 1 years)."""
-    model = handle.get()
-    device = next(model.parameters()).device
+    model, device = ref.get(payload)  # the caller's model (or a copy), or this worker's resident copy
     h = model.history
     lead = data.shape[:-4]
     x_all = data.reshape((-1,) + data.shape[-4:])
@@ -473,14 +450,7 @@ class ProjectionTask(Task):
                     if pending < c.accumulate:
                         continue
                     pending = 0
-                    if c.grad_clip:
-                        scaler.unscale_(optimizer)
-                        torch.nn.utils.clip_grad_norm_(net.parameters(), c.grad_clip)
-                    scaler.step(optimizer)
-                    scaler.update()
-                    optimizer.zero_grad(set_to_none=True)
-                    hist["lr"].append(float(scheduler.get_last_lr()[0]))
-                    scheduler.step()
+                    hist["lr"].append(optimiser_step(optimizer, scheduler, scaler, net.parameters(), c.grad_clip))
                     step += 1
                     value = float(loss.detach())
                     hist["loss"].append(value)
@@ -567,15 +537,15 @@ class ProjectionTask(Task):
                 f"the model needs history={h} yearly steps of forcing before the first projected year; the input has "
                 f"{arr.sizes['time']} ({int(arr['time'].dt.year[0])}-{int(arr['time'].dt.year[-1])})"
             )
-        device = resolve_device(device)
-        model = model.to(device).eval()
-        mean_in = np.array([stats[v][0] for v in model.variables], np.float32)
-        std_in = np.array([stats[v][1] for v in model.variables], np.float32)
-        mean_out = np.array([stats[v][0] for v in outs], np.float32)
-        std_out = np.array([stats[v][1] for v in outs], np.float32)
+        chunked = arr.chunks is not None
+        # the caller's model stays where and as it is (a copy on the device in eval mode when needed); on a
+        # dask.distributed cluster the weights reach each worker once and stay resident there
+        ref, payload = prepare_model(model, device, client="auto" if chunked else None)
+        mean_in, std_in = stats_arrays(stats, model.variables)
+        mean_out, std_out = stats_arrays(stats, outs)
+        on_gpu = resolve_device(device).type == "cuda"
         kwargs_block = dict(in_vars=tuple(model.variables), out_vars=tuple(outs), mean_in=mean_in, std_in=std_in,
-                            mean_out=mean_out, std_out=std_out, batch_size=int(batch_size or (32 if device.type == "cuda" else 8)))
-        handle = _BenchHandle(model, device)
+                            mean_out=mean_out, std_out=std_out, batch_size=int(batch_size or (32 if on_gpu else 8)))
         batch_dims = list(arr.dims[:-4])
         nb = len(batch_dims)
         if arr.chunks is not None:
@@ -584,16 +554,17 @@ class ProjectionTask(Task):
 
             data = arr.data.rechunk({nb: -1, nb + 1: -1, nb + 2: -1, nb + 3: -1})
             out = dsa.map_blocks(
-                _project_block, data, dask.delayed(handle, pure=True, traverse=False),
+                _project_block, data, *((payload,) if payload is not None else ()),
                 chunks=data.chunks[: nb + 1] + ((len(outs),),) + data.chunks[nb + 2 :],
-                dtype=np.float32, name="xclimax-project", **kwargs_block,
+                dtype=np.float32, name="xclimax-project-" + dask.base.tokenize(data.name, ref, kwargs_block),
+                ref=ref, **kwargs_block,
             )
         else:
             from tqdm.auto import tqdm
 
             n = int(np.prod([arr.sizes[d] for d in batch_dims])) * (arr.sizes["time"] - h + 1)
             with tqdm(total=n, desc="project", unit="year", disable=not OPTIONS["progress"]) as bar:
-                out = _project_block(np.asarray(arr.values, np.float32), handle, progress=bar, **kwargs_block)
+                out = _project_block(np.asarray(arr.values, np.float32), ref=ref, progress=bar, **kwargs_block)
         coords = {d: arr[d] for d in (*batch_dims, "time", "lat", "lon") if d in arr.coords}
         result = xr.Dataset()
         first = arr["time"].values[h - 1]

@@ -29,7 +29,7 @@ from ..loading import BatchLoader
 from ..nn.model import ClimaX
 from ..options import OPTIONS
 from .config import TrainConfig
-from .optim import LinearWarmupCosine, configure_optimizer
+from .optim import LinearWarmupCosine, configure_optimizer, optimiser_step
 from .prepare import lat_weights
 from .state import latest_state, rng_state, save_state, set_rng_state
 
@@ -262,14 +262,7 @@ def fit(
                     if pending < accumulate:
                         continue
                     pending = 0
-                    if grad_clip:
-                        scaler.unscale_(optimizer)
-                        torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
-                    scaler.step(optimizer)
-                    scaler.update()
-                    optimizer.zero_grad(set_to_none=True)
-                    hist["lr"].append(float(scheduler.get_last_lr()[0]))
-                    scheduler.step()
+                    hist["lr"].append(optimiser_step(optimizer, scheduler, scaler, model.parameters(), grad_clip))
                     step += 1
                     if rank is not None:  # the global batch's loss, as a single process would record it
                         per_var = ddp.all_sum(per_var.detach().clone())

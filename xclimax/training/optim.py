@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
+from typing import Any
 
 import torch
 
@@ -77,3 +78,18 @@ def configure_optimizer(
     return torch.optim.AdamW(groups, lr=lr, betas=tuple(betas))
 
 
+def optimiser_step(optimizer: torch.optim.Optimizer, scheduler: Any, scaler: Any, parameters: Any,
+                   grad_clip: float | None) -> float:
+    """One optimiser step on the accumulated gradients: unscale and clip, AdamW, zero the gradients, schedule.
+
+    The step every training loop of the tasks shares. Returns the learning rate the step used.
+    """
+    if grad_clip:
+        scaler.unscale_(optimizer)
+        torch.nn.utils.clip_grad_norm_(parameters, grad_clip)
+    scaler.step(optimizer)
+    scaler.update()
+    optimizer.zero_grad(set_to_none=True)
+    lr = float(scheduler.get_last_lr()[0])
+    scheduler.step()
+    return lr
