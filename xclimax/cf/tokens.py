@@ -20,7 +20,7 @@ import warnings
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping
 
-import cf_xarray
+import cf_xarray  # noqa: F401  (registers the .cf accessor)
 import numpy as np
 import xarray as xr
 
@@ -199,22 +199,12 @@ def _candidates(ds: xr.Dataset, name: str, spec: Mapping[str, Any]) -> list[str]
     names = set(spec.get("names", ()))
     for sn in sns:
         names.update(_FALLBACK_NAMES.get(sn, ()))
-    criteria: dict[str, str] = {}
-    if sns:
-        criteria["standard_name"] = "^(" + "|".join(re.escape(s) for s in sns) + ")$"
-    if names:
-        criteria["name"] = "^(" + "|".join(re.escape(s) for s in sorted(names)) + ")$"
-    key = f"xclimax:{name}"
-    with cf_xarray.set_options(custom_criteria={key: criteria}):
-        try:
-            found = list(ds.cf[[key]].data_vars)
-        except KeyError:
-            found = []
-    out = []
-    for var in found:
-        sn = ds[var].attrs.get("standard_name")
-        if sn in sns or (sn in (None, "", "unknown") and var in names):
-            out.append(var)
+    # cf-xarray's index of standard names (read-only: no global cf_xarray options, so concurrent calls are safe)
+    by_name = ds.cf.standard_names
+    out = [v for sn in sns for v in by_name.get(sn, ()) if v in ds.data_vars]
+    out += [v for v in ds.data_vars if v in names and ds[v].attrs.get("standard_name") in (None, "", "unknown")]
+    out = list(dict.fromkeys(str(v) for v in out))
+
     # standard_name preference order, then variables named like the ClimaX name first
     def rank(var: str) -> tuple[int, int]:
         sn = ds[var].attrs.get("standard_name")

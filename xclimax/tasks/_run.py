@@ -175,6 +175,140 @@ def _output_names(wanted: Sequence[str], found: dict, model: "ClimaX") -> list[s
     return list(dict.fromkeys(out))
 
 
+def _check_arguments(ds: xr.Dataset, model: "ClimaX", *, lead: pd.Timedelta, regrid: str | None,
+                     batch_size: int | None, names: str, output_grid: str | None, variables: Any,
+                     out_variables: Any, task: str) -> list[str] | None:
+    """Check :func:`run`'s arguments and the input's coordinates and times; the requested output variables."""
+    _checks.check_dataset(ds, "ds")
+    if regrid not in (None, "bilinear", "conservative"):
+        raise DataError(f"regrid must be None, 'bilinear' or 'conservative'; got {regrid!r}")
+    if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer))
+                                   or batch_size < 1):
+        raise DataError(f"batch_size must be a positive integer or None; got {batch_size!r}")
+    if names not in ("input", "climax"):
+        raise DataError(f"names must be 'input' (the input's names and units) or 'climax'; got {names!r}")
+    if output_grid not in (None, "input", "model"):
+        raise DataError(f"output_grid must be 'input' or 'model'; got {output_grid!r}")
+    if variables is not None and out_variables is not None:
+        raise DataError("give the output variables once: out_variables= (variables= is its older name)")
+    out_variables = out_variables if out_variables is not None else variables
+    if isinstance(out_variables, str):
+        out_variables = [out_variables]
+    _checks.check_coordinates(ds)
+    _checks.check_times(ds, _time.time_dim(ds), what="input")
+    if task == "forecast":
+        _checks.check_lead_time(getattr(model, "metadata", None), lead, stacklevel=6)
+    return out_variables
+
+
+def _choose_variables(ds: xr.Dataset, model: "ClimaX", found: dict, out_variables: Any,
+                      steps: int) -> tuple[list[str], list[str], list[str]]:
+    """The model inputs found in ``ds``, the outputs to produce and the model inputs that are missing."""
+    in_vars = [v for v in model.variables if v in found]
+    if not any(_is_dynamic(v) for v in in_vars):
+        raise CFMappingError(
+            f"none of the model's {len(model.variables)} variables were found in the Dataset, "
+            f"apart from constants {in_vars} "
+            f"(looked for e.g. {list(model.variables[:5])} by CF standard_name, units and level); "
+            f"Dataset has {list(ds.data_vars)}"
+        )
+    missing = [v for v in model.variables if v not in found]
+    if missing:
+        warnings.warn(
+            f"{len(missing)} of the model's {len(model.variables)} input variables are missing from the input and "
+            f"will not be used: {missing}. The model was trained with them: expect lower skill, or add them "
+            "(xclimax.tokens.check(ds, model) shows what was searched).",
+            XClimaxWarning,
+            stacklevel=5,
+        )
+    trained = model.metadata.get("out_variables") if isinstance(model.metadata, dict) else None
+    if out_variables is not None:
+        out_vars = _output_names(out_variables, found, model)
+        absent = [v for v in out_vars if v not in found]
+        if absent:
+            warnings.warn(
+                f"forecasts of {absent} were requested but these variables are not in the input: they start from "
+                "no initial state of their own and are inferred from the other variables only "
+                f"({in_vars}); expect them to be less skilful than the others",
+                XClimaxWarning,
+                stacklevel=5,
+            )
+        untrained = [v for v in out_vars if trained and v not in trained]
+        if untrained:
+            warnings.warn(f"the model was not trained to predict {untrained} (its outputs: {list(trained)})",
+                          XClimaxWarning, stacklevel=5)
+    else:  # the variables of the input that the model predicts
+        predicted = list(trained) if trained else [v for v in model.variables if _is_dynamic(v)]
+        out_vars = [v for v in predicted if v in in_vars and _is_dynamic(v)]
+        if not out_vars:
+            raise CFMappingError(
+                f"the model predicts {predicted}, none of which is in the input (found {in_vars}); ask for "
+                "outputs with out_variables=[...]"
+            )
+    if steps > 1:
+        needed = [v for v in in_vars if _is_dynamic(v) and v not in out_vars]
+        if needed:
+            raise CFMappingError(
+                f"steps={steps} rolls the forecast out autoregressively, so the outputs must cover the model's "
+                f"time-varying inputs; not predicted: {needed} (outputs: {out_vars})"
+            )
+    return in_vars, out_vars, missing
+
+
+def _labelled(out: Any, arr: xr.DataArray, batch_dims: list, out_vars: Sequence[str],
+              leads: pd.TimedeltaIndex) -> xr.DataArray:
+    """The model output ``(*batch, time, lead_time, variable, lat, lon)`` with its coordinates and valid times."""
+    dims = (*batch_dims, "time", "lead_time", "variable", "lat", "lon")
+    coords = {d: arr[d] for d in (*batch_dims, "time", "lat", "lon") if d in arr.coords}
+    result = xr.DataArray(out, dims=dims, coords=coords)
+    result = result.assign_coords(variable=list(out_vars), lead_time=("lead_time", leads.values))
+    result = result.assign_coords(valid_time=_time.valid_times(result["time"], result["lead_time"]))  # input's calendar
+    result["lead_time"].attrs.update(long_name="lead time", standard_name="forecast_period")
+    result["valid_time"].attrs.update(long_name="valid time", standard_name="time")
+    result["time"].attrs.update(long_name="initial time", standard_name="forecast_reference_time")
+    return result
+
+
+def _in_users_terms(result: xr.DataArray, ds_n: xr.Dataset, info: Any, *, names: str, regridded: bool,
+                    output_grid: str | None, regrid: str | None, task: str, extra_variables: Any,
+                    variable_map: Any) -> xr.Dataset:
+    """The output as CF variables: the input's names, units, grid and conventions (or ClimaX names)."""
+    if names == "climax":
+        out_ds = _tokens.from_array(result, extra_variables=extra_variables)
+        out_ds = out_ds.assign_coords(_tokens.carried_coords(ds_n, out_ds))  # the input's scalar coordinates
+    else:  # the input's names, units and vertical coordinate
+        with warnings.catch_warnings():  # the input's mapping was reported above
+            warnings.simplefilter("ignore", XClimaxWarning)
+            out_ds = _tokens.from_array(result, like=ds_n, units="like", extra_variables=extra_variables,
+                                        variable_map=variable_map)
+    if regridded and (output_grid or ("model" if task == "downscale" else "input")) == "input":
+        # back on the input's grid (the inverse of the regridding above)
+        out_ds = _grid.regrid(out_ds, np.sort(np.asarray(info.lat, float)), np.asarray(info.lon, float), method=regrid)
+        out_ds = _grid.restore_grid(out_ds, info)
+    elif info is not None:
+        out_ds = _grid.restore_grid(out_ds, info)
+    return out_ds
+
+
+def _provenance(model: "ClimaX", task: str, *, lead: pd.Timedelta, steps: int, regrid: str | None,
+                in_vars: Sequence[str], missing: Sequence[str]) -> dict[str, str]:
+    """Provenance attributes of a result: model, call, inputs used and missing."""
+    attrs = {
+        "title": f"ClimaX {task}",
+        "source": f"xclimax {__version__} ClimaX model "
+        f"(embed_dim={model.config.get('embed_dim')}, depth={model.config.get('depth')}, "
+        f"patch_size={model.patch_size}, img_size={tuple(model.img_size)})",
+        "history": f"{_dt.datetime.now(_dt.timezone.utc):%Y-%m-%dT%H:%M:%SZ} xclimax.{task}("
+        f"lead_time={lead}, steps={steps}, regrid={regrid})",
+        "xclimax_input_variables": " ".join(in_vars),
+        "xclimax_missing_inputs": " ".join(missing),
+        "Conventions": "CF-1.8",
+    }
+    if isinstance(model.metadata, dict) and model.metadata.get("name"):
+        attrs["xclimax_model"] = str(model.metadata["name"])
+    return attrs
+
+
 def run(
     ds: xr.Dataset,
     model: "ClimaX",
@@ -200,25 +334,9 @@ def run(
     so the graph of a lazy forecast is built without computing anything.
     """
     device_spec, device = device, resolve_device(device)  # (a dask worker resolves device_spec itself)
-    _checks.check_dataset(ds, "ds")
-    if regrid not in (None, "bilinear", "conservative"):
-        raise DataError(f"regrid must be None, 'bilinear' or 'conservative'; got {regrid!r}")
-    if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer))
-                                   or batch_size < 1):
-        raise DataError(f"batch_size must be a positive integer or None; got {batch_size!r}")
-    if names not in ("input", "climax"):
-        raise DataError(f"names must be 'input' (the input's names and units) or 'climax'; got {names!r}")
-    if output_grid not in (None, "input", "model"):
-        raise DataError(f"output_grid must be 'input' or 'model'; got {output_grid!r}")
-    if variables is not None and out_variables is not None:
-        raise DataError("give the output variables once: out_variables= (variables= is its older name)")
-    out_variables = out_variables if out_variables is not None else variables
-    if isinstance(out_variables, str):
-        out_variables = [out_variables]
-    _checks.check_coordinates(ds)
-    _checks.check_times(ds, _time.time_dim(ds), what="input")
-    if task == "forecast":
-        _checks.check_lead_time(getattr(model, "metadata", None), lead, stacklevel=5)
+    out_variables = _check_arguments(ds, model, lead=lead, regrid=regrid, batch_size=batch_size, names=names,
+                                     output_grid=output_grid, variables=variables, out_variables=out_variables,
+                                     task=task)
 
     # ---- grid: normalise conventions; variables (found on the input's grid: the same sources after regridding)
     ds_n, info = _grid.normalize_grid(ds)
@@ -249,54 +367,7 @@ def run(
         )
 
     # ---- variables: which model inputs are present, which outputs are wanted
-    in_vars = [v for v in model.variables if v in found]
-    if not any(_is_dynamic(v) for v in in_vars):
-        raise CFMappingError(
-            f"none of the model's {len(model.variables)} variables were found in the Dataset, "
-            f"apart from constants {in_vars} "
-            f"(looked for e.g. {list(model.variables[:5])} by CF standard_name, units and level); "
-            f"Dataset has {list(ds.data_vars)}"
-        )
-    missing = [v for v in model.variables if v not in found]
-    if missing:
-        warnings.warn(
-            f"{len(missing)} of the model's {len(model.variables)} input variables are missing from the input and "
-            f"will not be used: {missing}. The model was trained with them: expect lower skill, or add them "
-            "(xclimax.tokens.check(ds, model) shows what was searched).",
-            XClimaxWarning,
-            stacklevel=4,
-        )
-    trained = model.metadata.get("out_variables") if isinstance(model.metadata, dict) else None
-    if out_variables is not None:
-        out_vars = _output_names(out_variables, found, model)
-        absent = [v for v in out_vars if v not in found]
-        if absent:
-            warnings.warn(
-                f"forecasts of {absent} were requested but these variables are not in the input: they start from "
-                "no initial state of their own and are inferred from the other variables only "
-                f"({in_vars}); expect them to be less skilful than the others",
-                XClimaxWarning,
-                stacklevel=4,
-            )
-        untrained = [v for v in out_vars if trained and v not in trained]
-        if untrained:
-            warnings.warn(f"the model was not trained to predict {untrained} (its outputs: {list(trained)})",
-                          XClimaxWarning, stacklevel=4)
-    else:  # the variables of the input that the model predicts
-        predicted = list(trained) if trained else [v for v in model.variables if _is_dynamic(v)]
-        out_vars = [v for v in predicted if v in in_vars and _is_dynamic(v)]
-        if not out_vars:
-            raise CFMappingError(
-                f"the model predicts {predicted}, none of which is in the input (found {in_vars}); ask for "
-                "outputs with out_variables=[...]"
-            )
-    if steps > 1:
-        needed = [v for v in in_vars if _is_dynamic(v) and v not in out_vars]
-        if needed:
-            raise CFMappingError(
-                f"steps={steps} rolls the forecast out autoregressively, so the outputs must cover the model's "
-                f"time-varying inputs; not predicted: {needed} (outputs: {out_vars})"
-            )
+    in_vars, out_vars, missing = _choose_variables(ds, model, found, out_variables, steps)
     feed = [(in_vars.index(v), out_vars.index(v)) for v in in_vars if v in out_vars and _is_dynamic(v)]
     residual = ([(in_vars.index(v), out_vars.index(v)) for v in out_vars if v in in_vars]
                 if isinstance(model.metadata, dict) and model.metadata.get("residual") else [])
@@ -361,42 +432,9 @@ def run(
         with tqdm(total=n, desc=f"xclimax {task}", unit="sample", disable=not OPTIONS["progress"]) as bar:
             out = _run_blocks(values, ref=ref, progress=bar, **kwargs)
 
-    dims = (*batch_dims, "time", "lead_time", "variable", "lat", "lon")
-    coords = {d: arr[d] for d in (*batch_dims, "time", "lat", "lon") if d in arr.coords}
-    result = xr.DataArray(out, dims=dims, coords=coords)
-    result = result.assign_coords(variable=list(out_vars), lead_time=("lead_time", leads.values))
-    result = result.assign_coords(valid_time=_time.valid_times(result["time"], result["lead_time"]))  # input's calendar
-    result["lead_time"].attrs.update(long_name="lead time", standard_name="forecast_period")
-    result["valid_time"].attrs.update(long_name="valid time", standard_name="time")
-    result["time"].attrs.update(long_name="initial time", standard_name="forecast_reference_time")
-
-    if names == "climax":
-        out_ds = _tokens.from_array(result, extra_variables=extra_variables)
-        out_ds = out_ds.assign_coords(_tokens.carried_coords(ds_n, out_ds))  # the input's scalar coordinates
-    else:  # the input's names, units and vertical coordinate
-        with warnings.catch_warnings():  # the input's mapping was reported above
-            warnings.simplefilter("ignore", XClimaxWarning)
-            out_ds = _tokens.from_array(result, like=ds_n, units="like", extra_variables=extra_variables,
-                                        variable_map=variable_map)
-    if regridded and (output_grid or ("model" if task == "downscale" else "input")) == "input":
-        # back on the input's grid (the inverse of the regridding above)
-        out_ds = _grid.regrid(out_ds, np.sort(np.asarray(info.lat, float)), np.asarray(info.lon, float), method=regrid)
-        out_ds = _grid.restore_grid(out_ds, info)
-    elif info is not None:
-        out_ds = _grid.restore_grid(out_ds, info)
-    out_ds.attrs.update(
-        {
-            "title": f"ClimaX {task}",
-            "source": f"xclimax {__version__} ClimaX model "
-            f"(embed_dim={model.config.get('embed_dim')}, depth={model.config.get('depth')}, "
-            f"patch_size={model.patch_size}, img_size={tuple(model.img_size)})",
-            "history": f"{_dt.datetime.now(_dt.timezone.utc):%Y-%m-%dT%H:%M:%SZ} xclimax.{task}("
-            f"lead_time={lead}, steps={steps}, regrid={regrid})",
-            "xclimax_input_variables": " ".join(in_vars),
-            "xclimax_missing_inputs": " ".join(missing),
-            "Conventions": "CF-1.8",
-        }
-    )
-    if isinstance(model.metadata, dict) and model.metadata.get("name"):
-        out_ds.attrs["xclimax_model"] = str(model.metadata["name"])
+    result = _labelled(out, arr, batch_dims, out_vars, leads)
+    out_ds = _in_users_terms(result, ds_n, info, names=names, regridded=regridded, output_grid=output_grid,
+                             regrid=regrid, task=task, extra_variables=extra_variables, variable_map=variable_map)
+    out_ds.attrs.update(_provenance(model, task, lead=lead, steps=steps, regrid=regrid, in_vars=in_vars,
+                                    missing=missing))
     return out_ds
