@@ -195,6 +195,7 @@ def fit_batch_size(
     n_in: int | None = None,
     n_out: int | None = None,
     training: bool = False,
+    checkpointing: bool = False,
     what: str = "forecast",
     available: int | None = None,
 ) -> int:
@@ -219,11 +220,12 @@ def fit_batch_size(
     device = torch.device(device)
     free = available_memory(device) if available is None else int(available)
     budget = HEADROOM * free
-    one = estimate_memory(config, 1, n_in=n_in, n_out=n_out, training=training)
+    one = estimate_memory(config, 1, n_in=n_in, n_out=n_out, training=training, checkpointing=checkpointing)
     fits = int((budget - one.fixed) // one.per_sample) if budget > one.fixed else 0
     where = f"{device.type} memory" + (" (host RAM)" if device.type == "cpu" else "")
     if requested is not None:
-        need = estimate_memory(config, requested, n_in=n_in, n_out=n_out, training=training)
+        need = estimate_memory(config, requested, n_in=n_in, n_out=n_out, training=training,
+                               checkpointing=checkpointing)
         if need.total > budget:
             advice = (f"batch_size <= {fits} fits" if fits >= 1 else
                       "not even batch_size=1 fits: use a smaller model or grid, or another device")

@@ -163,7 +163,7 @@ def _pretrain(
     _check_patch(img, int(planned.get("patch_size", 2)))
     fit_batch_size({**planned, "variables": list(dict.fromkeys([*planned.get("variables", []), *names]))},
                    resolve_device(config.device), requested=config.batch_size, n_in=len(names), n_out=len(outs),
-                   training=True, what="pretraining run")
+                   training=True, checkpointing=config.activation_checkpointing, what="pretraining run")
     norm_stats, pooled = source_stats(arrays, masks, stats == "pooled")
     _checks.ValueChecker.build(_named(names), model.stats if model is not None else None,
                                what="training data").check_summary(pooled)
@@ -240,7 +240,7 @@ def _finetune(
     new_vars = [v for v in dict.fromkeys(ins + outs) if v not in model.variables]
     fit_batch_size({**model.config, "variables": list(dict.fromkeys([*model.variables, *new_vars]))},
                    resolve_device(config.device), requested=config.batch_size, n_in=len(ins), n_out=len(outs),
-                   training=True, what="fine-tuning run")
+                   training=True, checkpointing=config.activation_checkpointing, what="fine-tuning run")
     _, pooled = source_stats(arrays, masks, True)
     _checks.ValueChecker.build(_named(found), model.stats, what="training data").check_summary(pooled)
     torch.manual_seed(config.seed)  # fresh weights of new variables depend on the seed alone
