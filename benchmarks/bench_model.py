@@ -37,23 +37,24 @@ CONFIGS = {
 
 
 def sync(device: str) -> None:
-    if device == "cuda":
+    if str(device).startswith("cuda"):
         torch.cuda.synchronize()
 
 
 class Runner:
     """One model's inference or training step as a zero-argument callable."""
 
-    def __init__(self, model, official: bool, mode: str, batch, autocast: bool, device: str):
+    def __init__(self, model, official: bool, mode: str, batch, dtype, device: str):
+        """``dtype``: the autocast dtype (e.g. ``torch.bfloat16``), or None for float32."""
         self.model, self.official, self.mode, self.batch, self.device = model, official, mode, batch, device
-        self.autocast = autocast
+        self.dtype = dtype
         if mode == "train":
             self.opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
 
     def forward(self):
         x, lead, y = self.batch
         variables = list(CLIMAX_VARIABLES)
-        ctx = torch.autocast(self.device, dtype=torch.bfloat16) if self.autocast else contextlib.nullcontext()
+        ctx = torch.autocast(self.device.split(":")[0], dtype=self.dtype) if self.dtype else contextlib.nullcontext()
         with ctx:
             if self.official:
                 return self.model(x, None, lead / 100.0, variables, variables, None, None)[1]
@@ -70,20 +71,21 @@ class Runner:
             loss = (self.forward().float() - self.batch[2]).square().mean()
             loss.backward()
             self.opt.step()
-        sync(self.device)
 
 
-def time_rounds(runners: dict, rounds: int, warmup: int, inner: int = 1) -> dict:
+def time_rounds(runners: dict, rounds: int, warmup: int, inner: int = 1, device: str = "cpu") -> dict:
     """Median over ``rounds`` (models alternating) of the time per step, ``inner`` steps per round."""
     for _ in range(warmup):
         for run in runners.values():
             run()
+            sync(device)
     times = {name: [] for name in runners}
     for _ in range(rounds):
         for name, run in runners.items():
             t0 = time.perf_counter()
             for _ in range(inner):
                 run()
+                sync(device)
             times[name].append((time.perf_counter() - t0) / inner)
     return {name: statistics.median(t) for name, t in times.items()}
 
@@ -120,12 +122,12 @@ def bench_config(name: str, args, Official) -> None:
     for mode in ("infer", "train"):
         runners = {}
         if off is not None:
-            runners["official"] = Runner(off, True, mode, batch, False, dev)
+            runners["official"] = Runner(off, True, mode, batch, None, dev)
             if args.bf16:
-                runners["official-bf16"] = Runner(off, True, mode, batch, True, dev)
+                runners["official-bf16"] = Runner(off, True, mode, batch, torch.bfloat16, dev)
         for label, (model, amp) in variants.items():
-            runners[label] = Runner(model, False, mode, batch, amp, dev)
-        med = time_rounds(runners, args.rounds, args.warmup, args.inner)
+            runners[label] = Runner(model, False, mode, batch, torch.bfloat16 if amp else None, dev)
+        med = time_rounds(runners, args.rounds, args.warmup, args.inner, dev)
         for label, t in med.items():
             base = "official-bf16" if label.endswith("bf16") else "official"
             ratio = f"  x{med[base] / t:.2f} vs {base}" if base in med and not label.startswith("official") else ""

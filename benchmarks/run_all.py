@@ -64,6 +64,7 @@ sys.path.insert(0, str(ROOT / "scripts"))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
+from bench_model import Runner, sync  # noqa: E402
 
 from xclimax.nn.model import ClimaX  # noqa: E402
 from xclimax.vocab import CLIMAX_VARIABLES, VARIABLES  # noqa: E402
@@ -88,11 +89,6 @@ def row(section: str, what: str, value: str, ratio: float | str | None = None, t
     rs = f"{ratio:.2f}" if isinstance(ratio, float) else (ratio or "")
     print(f"  [{section}] {what}: {value}  {rs}  {target} {'' if met is None else ('MET' if met else 'NOT MET')} {note}",
           flush=True)
-
-
-def sync(device: str) -> None:
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
 
 
 def alternate(runners: dict, rounds: int, warmup: int = 1, inner: int = 1, device: str = "cpu") -> dict:
@@ -150,35 +146,6 @@ def _official_class():
     return import_official_climax(src), ""
 
 
-class _Step:
-    """Inference (eval, no_grad) or a training step (train, MSE, backward, AdamW) of one model."""
-
-    def __init__(self, model, official: bool, mode: str, batch, dtype, device: str) -> None:
-        self.model, self.official, self.mode, self.batch, self.dtype, self.device = model, official, mode, batch, dtype, device
-        self.opt = torch.optim.AdamW(model.parameters(), lr=1e-4) if mode == "train" else None
-
-    def forward(self):
-        x, lead, _ = self.batch
-        names = list(CLIMAX_VARIABLES)
-        ctx = torch.autocast(self.device.split(":")[0], dtype=self.dtype) if self.dtype else contextlib.nullcontext()
-        with ctx:
-            if self.official:
-                return self.model(x, None, lead / 100.0, names, names, None, None)[1]
-            return self.model(x, lead, names)
-
-    def __call__(self):
-        if self.mode == "infer":
-            self.model.eval()
-            with torch.no_grad():
-                self.forward()
-        else:
-            self.model.train()
-            self.opt.zero_grad(set_to_none=True)
-            loss = (self.forward().float() - self.batch[2]).square().mean()
-            loss.backward()
-            self.opt.step()
-
-
 def section_model(args) -> None:
     dev = args.device
     Official, why = _official_class()
@@ -206,13 +173,13 @@ def section_model(args) -> None:
             ref = ours.eval()(x, lead, list(CLIMAX_VARIABLES))
             for label, (m, official) in models.items():
                 if label != "xclimax":
-                    out = _Step(m.eval(), official, "infer", (x, lead, y), None, dev).forward()
+                    out = Runner(m.eval(), official, "infer", (x, lead, y), None, dev).forward()
                     err = float((out - ref).abs().max() / ref.abs().max())
                     row("model", f"{name}: max abs difference xclimax vs {label} (relative)", f"{err:.1e}", target="< 1e-4", met=err < 1e-4)
         precisions = [("fp32", None)] + ([("bf16", torch.bfloat16)] if dev.startswith("cuda") else [])
         for prec, dtype in precisions:
             for mode in ("infer", "train"):
-                runners = {label: _Step(m, official, mode, (x, lead, y), dtype, dev) for label, (m, official) in models.items()}
+                runners = {label: Runner(m, official, mode, (x, lead, y), dtype, dev) for label, (m, official) in models.items()}
                 med = alternate(runners, args.rounds, warmup=1, inner=args.inner, device=dev)
                 for label in runners:
                     if label == "xclimax":
@@ -637,8 +604,8 @@ def section_memory(args) -> None:
     x = torch.randn(b, 48, 32, 64, device=dev)
     lead, y = torch.full((b,), 24.0, device=dev), torch.randn(b, 48, 32, 64, device=dev)
     dtype = torch.bfloat16 if cuda else None
-    med = alternate({"plain": _Step(m1, False, "train", (x, lead, y), dtype, dev),
-                     "ckpt": _Step(m2, False, "train", (x, lead, y), dtype, dev)}, rounds=args.rounds, device=dev,
+    med = alternate({"plain": Runner(m1, False, "train", (x, lead, y), dtype, dev),
+                     "ckpt": Runner(m2, False, "train", (x, lead, y), dtype, dev)}, rounds=args.rounds, device=dev,
                     inner=args.inner)
     row("memory", f"activation checkpointing: training step time with / without (batch {b})",
         f"{med['ckpt'] * 1e3:.0f} vs {med['plain'] * 1e3:.0f} ms", med["ckpt"] / med["plain"], note="the speed cost")
