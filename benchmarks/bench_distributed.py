@@ -6,30 +6,35 @@ opens it lazily (``time`` chunks of ``--chunk``) and times ``xclimax.forecast(..
 1. in-process, dask's synchronous scheduler, one torch thread (the same compute as one
    single-threaded worker);
 2. ``LocalCluster(n_workers=1, threads_per_worker=1)``;
-3. ``LocalCluster(n_workers=2, threads_per_worker=1)``.
+3. ``LocalCluster(n_workers=2, threads_per_worker=1)``;
+4. (unless ``--no-profile-off``) set-up 2 with dask's statistical worker profiler turned off
+   (``distributed.worker.profile.enabled: False``): it samples the running thread's Python stack
+   every 10 ms, which the network's deep module stack makes cost several per cent.
 
 Workers are separate processes (``processes=True``), each with one torch thread (dask's nanny
-sets ``OMP_NUM_THREADS=1``). Each set-up runs once untimed (worker start, model load: the model
-then stays resident on each worker) and then ``--repeats`` timed runs (median reported), so the
-ratios are those of a long-lived cluster. Targets: 2 workers >= 1.7x one worker, one worker
-within 10 % of in-process.
+sets ``OMP_NUM_THREADS=1``). All clusters are started first and stay up; each set-up runs once
+untimed (worker start, model load: the model then stays resident on each worker), then
+``--repeats`` rounds run every set-up back to back, and the ratios are medians of the per-round
+ratios (so a slow stretch of a shared machine hits both sides of a ratio). Targets: 2 workers
+>= 1.7x one worker, one worker within 10 % of in-process.
 
-Per-task overhead: the same three set-ups on a tiny model and grid with one initial time per
-task (``--tiny-tasks`` tasks), where nearly all the time is overhead:
+Per-task overhead: the same set-ups on a tiny model and grid with one initial time per task
+(``--tiny-tasks`` tasks), where nearly all the time is overhead:
 ``(time per task on 1 worker) - (time per task in-process)``.
 
-Run: ``python benchmarks/bench_distributed.py [--times 64] [--chunk 4] [--repeats 3]``. On a
-machine shared with other jobs the numbers are noisy; the ratios come from one run.
+Run: ``python benchmarks/bench_distributed.py [--times 64] [--chunk 4] [--repeats 5]``.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import statistics
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import dask
 import numpy as np
@@ -51,47 +56,76 @@ def _model(ds: xr.Dataset, size: str) -> xclimax.ClimaX:
     return model.eval()
 
 
-def _timed(fn, repeats: int) -> float:
-    fn()  # untimed: worker start-up, model scattered and loaded once per worker
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
-
-
-def run(path: str, model: xclimax.ClimaX, chunk: int, repeats: int) -> dict[str, float]:
+@contextlib.contextmanager
+def _clusters(profile_off: bool):
+    """The clusters of the comparison, started together and kept alive (idle ones cost a few heartbeats)."""
     import distributed
+
+    specs = {"1 worker": (1, {}), "2 workers": (2, {})}
+    if profile_off:
+        specs["1 worker, profiler off"] = (1, {"distributed.worker.profile.enabled": False})
+    with contextlib.ExitStack() as stack:
+        clients = {}
+        for name, (n, cfg) in specs.items():
+            with dask.config.set(cfg):  # the nanny hands this configuration to its worker
+                cluster = stack.enter_context(distributed.LocalCluster(
+                    n_workers=n, threads_per_worker=1, processes=True, dashboard_address=None,
+                    silence_logs=logging.ERROR))
+            clients[name] = stack.enter_context(distributed.Client(cluster, set_as_default=False))
+        yield clients
+
+
+def _on(client: Any):
+    """Run on ``client`` (None: in-process, dask's synchronous scheduler, one torch thread)."""
+    stack = contextlib.ExitStack()
+    if client is None:
+        stack.enter_context(dask.config.set(scheduler="synchronous"))
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        stack.callback(torch.set_num_threads, threads)
+    else:
+        stack.enter_context(client.as_current())
+        stack.enter_context(dask.config.set(scheduler=client))
+    return stack
+
+
+def run(path: str, model: xclimax.ClimaX, chunk: int, repeats: int, clients: dict[str, Any]) -> dict[str, list[float]]:
+    """Times of every set-up, round by round (set-ups interleaved within each round)."""
 
     def forecast() -> None:
         ds = xr.open_zarr(path, chunks={"time": chunk})
         xclimax.forecast(ds, model, lead_time="6h").compute()
 
-    out = {}
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        with dask.config.set(scheduler="synchronous"):
-            out["in-process"] = _timed(forecast, repeats)
-    finally:
-        torch.set_num_threads(threads)
-    for n in (1, 2):
-        with distributed.LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=None,
-                                      silence_logs=logging.ERROR) as cluster, distributed.Client(cluster):
-            out[f"{n} worker{'s' if n > 1 else ''}"] = _timed(forecast, repeats)
-    return out
+    setups = {"in-process": None, **clients}
+    for client in setups.values():  # untimed: worker start-up, model scattered and loaded once per worker
+        with _on(client):
+            forecast()
+    times: dict[str, list[float]] = {k: [] for k in setups}
+    for _ in range(repeats):
+        for name, client in setups.items():
+            with _on(client):
+                t0 = time.perf_counter()
+                forecast()
+                times[name].append(time.perf_counter() - t0)
+    return times
+
+
+def _ratio(times: dict[str, list[float]], a: str, b: str) -> float:
+    """Median over rounds of time[a] / time[b] (each round's set-ups ran back to back)."""
+    return statistics.median(x / y for x, y in zip(times[a], times[b]))
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--times", type=int, default=64, help="initial times of the demo-sized run")
     parser.add_argument("--chunk", type=int, default=4, help="initial times per task")
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=5, help="rounds (set-ups interleaved within a round)")
     parser.add_argument("--tiny-tasks", type=int, default=64)
+    parser.add_argument("--no-profile-off", action="store_true",
+                        help="skip the extra 1-worker cluster with dask's worker profiler turned off")
     args = parser.parse_args()
     xclimax.set_options(progress=False, device="cpu")
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp, _clusters(not args.no_profile_off) as clients:
         big = Path(tmp) / "big.zarr"
         ds = synthetic_dataset(args.times, grid=(32, 64))
         ds.chunk({"time": args.chunk}).to_zarr(big, mode="w")
@@ -102,22 +136,28 @@ def main() -> None:
         model = _model(ds, "demo")
         n_params = sum(p.numel() for p in model.parameters())
         print(f"demo-sized forecast: {args.times} initial times, {args.times // args.chunk} tasks of {args.chunk}, "
-              f"{n_params / 1e6:.1f} M parameters, {len(model.variables)} variables, 32 x 64")
-        t = run(str(big), model, args.chunk, args.repeats)
+              f"{n_params / 1e6:.1f} M parameters, {len(model.variables)} variables, 32 x 64; "
+              f"{args.repeats} interleaved rounds, medians")
+        t = run(str(big), model, args.chunk, args.repeats, clients)
         for k, v in t.items():
-            print(f"  {k:>11}: {v:6.2f} s  ({args.times / v:6.1f} forecasts/s)")
-        print(f"  2 workers vs 1 worker: {t['1 worker'] / t['2 workers']:.2f}x (target >= 1.7x)")
-        print(f"  1 worker vs in-process: {t['1 worker'] / t['in-process']:.3f} of the time (target <= 1.10)")
+            m = statistics.median(v)
+            print(f"  {k:>22}: {m:6.2f} s  ({args.times / m:6.1f} forecasts/s)")
+        print(f"  2 workers vs 1 worker: {_ratio(t, '1 worker', '2 workers'):.2f}x (target >= 1.7x)")
+        print(f"  1 worker vs in-process: {_ratio(t, '1 worker', 'in-process'):.3f} of the time (target <= 1.10)")
+        if "1 worker, profiler off" in t:
+            print(f"  1 worker with dask's worker profiler off vs in-process: "
+                  f"{_ratio(t, '1 worker, profiler off', 'in-process'):.3f} of the time")
 
         tiny_model = _model(ds_t, "tiny")
         print(f"\nper-task overhead: tiny model, {args.tiny_tasks} tasks of one initial time (8 x 16 grid)")
-        tt = run(str(tiny), tiny_model, 1, args.repeats)
+        tt = run(str(tiny), tiny_model, 1, args.repeats, clients)
         for k, v in tt.items():
-            print(f"  {k:>11}: {1e3 * v / args.tiny_tasks:6.2f} ms per task")
-        over = (tt["1 worker"] - tt["in-process"]) / args.tiny_tasks
-        task = t["1 worker"] / (args.times // args.chunk)
+            print(f"  {k:>22}: {1e3 * statistics.median(v) / args.tiny_tasks:6.2f} ms per task")
+        over = statistics.median(a - b for a, b in zip(tt["1 worker"], tt["in-process"])) / args.tiny_tasks
+        task = statistics.median(t["1 worker"]) / (args.times // args.chunk)
         print(f"  overhead of a worker task over an in-process task: {1e3 * over:.2f} ms "
               f"({100 * over / task:.1f} % of a demo-sized task of {1e3 * task:.0f} ms)")
+
 
 if __name__ == "__main__":
     np.seterr(all="ignore")

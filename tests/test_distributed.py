@@ -12,6 +12,7 @@ import logging
 import os
 import pickle
 import signal
+import sys
 import threading
 import time
 
@@ -269,6 +270,45 @@ def test_a_worker_killed_mid_forecast_is_replaced_and_the_result_is_complete(pro
         result = future.result()
         assert victim not in client.scheduler_info()["workers"]
     _assert_same_values(result, expected)
+
+
+def _mapped_bytes_of_a_4mib_buffer():
+    """Bytes glibc serves by mmap for a new 4 MiB buffer in this process (mallinfo2), None where unknown."""
+    import ctypes
+
+    fields = ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks", "keepcost")
+
+    class MallInfo2(ctypes.Structure):
+        _fields_ = [(name, ctypes.c_size_t) for name in fields]
+
+    libc = ctypes.CDLL(None)
+    if not hasattr(libc, "mallinfo2"):
+        return None
+    libc.mallinfo2.restype = MallInfo2
+    before = libc.mallinfo2().hblkhd
+    buffer = np.ones(1 << 19)  # 4 MiB, the size of an activation of the demo model
+    mapped = libc.mallinfo2().hblkhd - before
+    del buffer
+    return int(mapped)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's allocator")
+def test_worker_processes_reuse_freed_buffers_once_they_run_a_model():
+    ds = synthetic_dataset(4, variables=VARS, levels=[850], grid=(8, 16), constants=False).chunk({"time": 2})
+    model = _model(ds)
+    expected = xclimax.forecast(ds, model, lead_time="6h").compute(scheduler="threads")
+    with distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address=":0",
+                                  silence_logs=logging.CRITICAL) as cluster, distributed.Client(cluster) as client:
+        env = client.run(os.environ.get, "MALLOC_TRIM_THRESHOLD_")
+        if list(env.values()) != ["65536"] or None in client.run(_mapped_bytes_of_a_4mib_buffer).values():
+            pytest.skip(f"not dask's default nanny environment on glibc >= 2.33 ({env})")
+        # dask's MALLOC_TRIM_THRESHOLD_ fixes glibc's mmap threshold at 128 KiB: every large buffer is mapped afresh
+        assert min(client.run(_mapped_bytes_of_a_4mib_buffer).values()) >= 4 << 20
+        with xclimax.set_options(worker_allocator=False):  # the option travels with the tasks
+            xclimax.forecast(ds, model, lead_time="6h").compute()
+        assert min(client.run(_mapped_bytes_of_a_4mib_buffer).values()) >= 4 << 20
+        _assert_same_values(xclimax.forecast(ds, model, lead_time="6h").compute(), expected)
+        assert list(client.run(_mapped_bytes_of_a_4mib_buffer).values()) == [0]  # served from the heap, reused
 
 
 # ----------------------------------------------------------------------------- processes: data-parallel training

@@ -390,3 +390,72 @@ def test_from_array_with_variables_on_different_levels_keeps_every_level(backend
     assert np.isnan(out["temperature"].sel(level=500).values).all()
     assert np.isnan(out["geopotential"].sel(level=850).values).all()
     assert out["level"].attrs["units"] == "hPa"
+
+
+# ----------------------------------------------------------------------------- the forecast's block stacker
+
+
+def _stacker_cases():
+    """Layouts the forecast's one-task-per-block stacker must reproduce exactly (input, ClimaX names)."""
+    era5 = synthetic_dataset(6, grid=GRID)
+    cmip = synthetic_dataset(6, grid=GRID, style="cmip")  # zg in m on plev in Pa: x 9.80665
+    ds = synthetic_dataset(6, variables=["2m_temperature", "temperature"], grid=GRID, seed=3)
+    members = xr.concat([ds[["2m_temperature", "temperature"]], ds[["2m_temperature", "temperature"]] + 1],
+                        dim=pd.Index([0, 1], name="member"))
+    members = members.assign(land_sea_mask=ds["land_sea_mask"],  # constants without member or time
+                             geopotential_at_surface=ds["geopotential_at_surface"].expand_dims(time=ds["time"]))
+    degc = ds.copy()
+    degc["2m_temperature"] = (ds["2m_temperature"].astype("float64") - 273.15).assign_attrs(
+        ds["2m_temperature"].attrs, units="degC")  # float64 with an offset
+    degc["temperature"] = ds["temperature"].astype("float16").assign_attrs(ds["temperature"].attrs)
+    renamed = ds.rename(time="t")  # a time dimension by another name
+    return {
+        "era5, all 48": (era5, list(mapping(era5))),
+        "cmip": (cmip, list(mapping(cmip))),
+        "members, constants broadcast": (members, ["land_sea_mask", "orography", "lattitude", "2m_temperature",
+                                                   "temperature_500", "temperature_850"]),
+        "degC float64, float16": (degc, ["2m_temperature", "temperature_50", "lattitude"]),
+        "time named t": (renamed, ["temperature_850", "2m_temperature"]),
+    }
+
+
+@pytest.mark.parametrize("case", list(_stacker_cases()))
+@pytest.mark.parametrize("source", ["dask", "zarr"])
+def test_block_stacker_equals_to_array_with_one_task_per_block(case, source, tmp_path):
+    import dask
+
+    from xclimax.cf.grid import normalize_grid
+    from xclimax.cf.tokens import stack_dask
+
+    ds, names = _stacker_cases()[case]
+    tdim = "t" if "t" in ds.dims else "time"
+    if source == "zarr":
+        ds.chunk({tdim: 2}).to_zarr(tmp_path / "in.zarr")
+        ds = xr.open_zarr(tmp_path / "in.zarr")
+    else:
+        ds = ds.chunk({tdim: 2})
+    ds_n, _ = normalize_grid(ds)
+    found = find_variables(ds_n, names)
+    blocks = 2 if source == "zarr" else 3  # the store's own chunks; blocks of 3 over chunks of 2 (a rechunk)
+    with raise_if_dask_computes():
+        like = to_array(ds_n, names)
+        stacked = stack_dask(ds_n, names, found, like, blocks)
+    assert stacked is not None
+    nb = like.ndim - 4
+    assert stacked.chunks[nb] == (blocks,) * (6 // blocks) and stacked.chunks[nb + 1:] == ((len(names),), (GRID[0],), (GRID[1],))
+    assert stacked.dtype == np.float32
+    expected = to_array(ds, names).values  # the oracle: to_array, xarray operations on the whole Dataset
+    np.testing.assert_array_equal(stacked.compute(scheduler="sync"), expected)
+    if source == "zarr":  # the reads run inside the stacking tasks: no task of their own after optimisation
+        (opt,) = dask.optimize(stacked)
+        prefixes = {dask.utils.key_split(k) for k in dict(opt.__dask_graph__())}
+        assert not [p for p in prefixes if p.startswith("open_dataset")], prefixes
+
+
+def test_block_stacker_declines_a_grid_that_is_not_normalised():
+    from xclimax.cf.tokens import stack_dask
+
+    ds = synthetic_dataset(4, variables=["2m_temperature"], grid=GRID, constants=False).chunk({"time": 2})
+    flipped = ds.isel(lat=slice(None, None, -1))  # latitude descending: to_array reorders, the stacker must not guess
+    names = ["2m_temperature"]
+    assert stack_dask(flipped, names, find_variables(flipped, names), to_array(ds, names), 2) is None

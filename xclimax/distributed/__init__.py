@@ -15,11 +15,20 @@ and a ``Client``; xclimax uses the active Client.
 from __future__ import annotations
 
 from .ddp import WorkerLostError
-from .workers import ModelRef, active_client, cache_info, clear_cache, model_key, prepare, worker_cache_info
+from .workers import (
+    ModelRef,
+    active_client,
+    cache_info,
+    clear_cache,
+    model_key,
+    prepare,
+    tune_worker_allocator,
+    worker_cache_info,
+)
 
 __all__ = [
     "ModelRef", "WorkerLostError", "active_client", "cache_info", "clear_cache", "model_key", "prepare",
-    "worker_cache_info",
+    "tune_worker_allocator", "worker_cache_info",
 ]
 
 

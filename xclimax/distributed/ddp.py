@@ -28,7 +28,7 @@ from typing import Any, Callable
 
 from ..exceptions import DataError, XClimaxError
 from ..options import OPTIONS
-from .workers import resolve_worker_device
+from .workers import resolve_worker_device, tune_worker_allocator
 
 __all__ = ["launch", "RankContext", "WorkerLostError", "free_port"]
 
@@ -130,7 +130,7 @@ def _probe(device: Any) -> tuple[int, str]:
 
 
 def _rank_main(bundle: _Bundle, rank: int, world_size: int, host: str, port: int, backend: str, run_id: str,
-               device: Any, timeout_s: float) -> Any:
+               device: Any, timeout_s: float, tune_allocator: bool = True) -> Any:
     import dask
     import torch
     import torch.distributed as dist
@@ -140,6 +140,7 @@ def _rank_main(bundle: _Bundle, rank: int, world_size: int, host: str, port: int
     dev = resolve_worker_device(device)
     if dev.type == "cuda":
         torch.cuda.set_device(dev)
+    tune_worker_allocator(tune_allocator)
     timeout = datetime.timedelta(seconds=timeout_s)
     store = dist.TCPStore(host, port, is_master=False, timeout=datetime.timedelta(seconds=min(timeout_s, 120)))
     store = dist.PrefixStore(run_id, store)
@@ -242,7 +243,7 @@ def launch(
     [bundle] = client.scatter([_Bundle(fn, args, kwargs)], hash=False)
     futures = [
         client.submit(_rank_main, bundle, rank, world, host, port, backend, run_id, spec, float(timeout),
-                      workers=[addr], allow_other_workers=False, pure=False, retries=0,
+                      bool(OPTIONS["worker_allocator"]), workers=[addr], allow_other_workers=False, pure=False, retries=0,
                       key=f"xclimax-ddp-{run_id}-rank{rank}")
         for rank, addr in enumerate(workers)
     ]

@@ -119,40 +119,6 @@ def _run_blocks(
     return out.reshape(lead_shape + out.shape[1:])
 
 
-def _stack_block(block: xr.Dataset, names: Sequence[str], extra_variables: Any, variable_map: Any) -> xr.DataArray:
-    """The canonical array of one block of source variables (numpy), as ``tokens.to_array`` gives it."""
-    with warnings.catch_warnings():  # reported when the graph was built
-        warnings.simplefilter("ignore", XClimaxWarning)
-        out = _tokens.to_array(block, list(names), extra_variables=extra_variables, variable_map=variable_map)
-    return out.transpose(..., "time", "variable", "lat", "lon")
-
-
-def _stacked_blocks(ds_n: xr.Dataset, arr: xr.DataArray, found: dict, names: Sequence[str], batch_dims: Sequence[str],
-                    time_chunks: Any, extra_variables: Any, variable_map: Any) -> Any:
-    """The dask array of ``arr`` (the canonical array of ``ds_n``) with one task per block.
-
-    ``tokens.to_array`` on dask data makes a few tasks per ClimaX variable and block (selections,
-    unit conversions, broadcasts, the concatenation): about a hundred per block for 48 variables,
-    each costing a scheduler round trip on a cluster. Here each block's source variables are read
-    (one task each) and stacked by ``to_array`` inside a single task (``xr.map_blocks``).
-    """
-    tname = _time.time_dim(ds_n)
-    sources = sorted({found[v].source for v in names if getattr(found[v], "source", None)})
-    sub = ds_n[sources] if sources else ds_n
-    chunks = {d: -1 for d in sub.dims}
-    chunks.update({d: arr.chunksizes[d] for d in batch_dims if d in sub.dims})
-    chunks[tname] = time_chunks
-    template = arr.chunk({**{d: arr.chunksizes[d] for d in batch_dims}, "time": time_chunks,
-                          "variable": -1, "lat": -1, "lon": -1})
-    try:
-        out = xr.map_blocks(_stack_block, sub.chunk(chunks), template=template,
-                            kwargs=dict(names=tuple(names), extra_variables=extra_variables, variable_map=variable_map))
-    except (ValueError, TypeError) as err:  # an unusual layout map_blocks cannot express: the plain graph
-        logger.debug("stacking blocks with to_array's own graph (%s)", err)
-        return template.data
-    return out.data
-
-
 def _output_names(wanted: Sequence[str], found: dict, model: "ClimaX") -> list[str]:
     """ClimaX names of the requested outputs: ClimaX names, or data variables of the input (all their levels)."""
     out: list[str] = []
@@ -408,7 +374,10 @@ def run(
         nb = len(batch_dims)
         time_chunks = batch_size if batch_size is not None else arr.data.chunks[nb]
         # one task per chunk-aligned batch: batch dims (e.g. ensemble members) keep their chunks
-        data = _stacked_blocks(ds_n, arr, found, in_vars, batch_dims, time_chunks, extra_variables, variable_map)
+        data = _tokens.stack_dask(ds_n, in_vars, found, arr, time_chunks)  # one fused task per block
+        if data is None:  # a layout the block stacker does not cover: to_array's own graph
+            data = arr.chunk({**{d: arr.chunksizes[d] for d in batch_dims}, "time": time_chunks, "variable": -1,
+                              "lat": -1, "lon": -1}).data
         ind_in = tuple(range(nb + 4))  # batch..., time, var, lat, lon
         lead_ax, var_ax = nb + 4, nb + 5
         ind_out = tuple(range(nb + 1)) + (lead_ax, var_ax, nb + 2, nb + 3)
