@@ -462,12 +462,11 @@ def section_forecast(args) -> None:
         import dask
 
         with dask.config.set(scheduler="threads"):
-            ds.climax.forecast(model, lead_time="6h", batch_size=batch, device=dev).compute()
+            dsk.climax.forecast(model, lead_time="6h", batch_size=batch, device=dev).compute()
 
     def accessor_numpy() -> None:
         ds.climax.forecast(model, lead_time="6h", batch_size=batch, device=dev)
 
-    _ = dsk
     med = alternate({"raw": raw, "numpy": accessor_numpy, "dask": dask_input}, rounds=args.rounds, warmup=1, device=dev)
     for label in ("numpy", "dask"):
         slow = med[label] / med["raw"]

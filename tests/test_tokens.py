@@ -420,42 +420,46 @@ def _stacker_cases():
 
 
 @pytest.mark.parametrize("case", list(_stacker_cases()))
-@pytest.mark.parametrize("source", ["dask", "zarr"])
-def test_block_stacker_equals_to_array_with_one_task_per_block(case, source, tmp_path):
+@pytest.mark.parametrize("source", ["numpy", "dask", "zarr"])
+def test_stack_equals_to_array_with_one_task_per_block(case, source, tmp_path):
     import dask
 
     from xclimax.cf.grid import normalize_grid
-    from xclimax.cf.tokens import stack_dask
+    from xclimax.cf.tokens import stack
 
     ds, names = _stacker_cases()[case]
+    expected = to_array(ds, names)  # the oracle: to_array's xarray operations on the whole Dataset
     tdim = "t" if "t" in ds.dims else "time"
     if source == "zarr":
         ds.chunk({tdim: 2}).to_zarr(tmp_path / "in.zarr")
         ds = xr.open_zarr(tmp_path / "in.zarr")
-    else:
+    elif source == "dask":
         ds = ds.chunk({tdim: 2})
     ds_n, _ = normalize_grid(ds)
-    found = find_variables(ds_n, names)
-    blocks = 2 if source == "zarr" else 3  # the store's own chunks; blocks of 3 over chunks of 2 (a rechunk)
+    blocks = 3 if source == "dask" else None  # blocks of 3 times over chunks of 2 (a rechunk); the store's own
     with raise_if_dask_computes():
-        like = to_array(ds_n, names)
-        stacked = stack_dask(ds_n, names, found, like, blocks)
-    assert stacked is not None
-    nb = like.ndim - 4
-    assert stacked.chunks[nb] == (blocks,) * (6 // blocks) and stacked.chunks[nb + 1:] == ((len(names),), (GRID[0],), (GRID[1],))
-    assert stacked.dtype == np.float32
-    expected = to_array(ds, names).values  # the oracle: to_array, xarray operations on the whole Dataset
-    np.testing.assert_array_equal(stacked.compute(scheduler="sync"), expected)
+        got = stack(ds_n, names, find_variables(ds_n, names), time_chunks=blocks)
+    assert got is not None
+    computed = got.compute(scheduler="sync")
+    xr.testing.assert_equal(computed, expected)  # values, dims, coordinates
+    np.testing.assert_array_equal(computed.values, expected.values)  # bit for bit, NaN where NaN
+    assert computed.dtype == expected.dtype and computed.name == expected.name and computed.attrs == expected.attrs
+    nb = got.ndim - 4
+    if source == "numpy":
+        assert got.chunks is None
+        return
+    assert got.chunks[nb] == ((3, 3) if blocks else (2, 2, 2))
+    assert got.chunks[nb + 1:] == ((len(names),), (GRID[0],), (GRID[1],))
     if source == "zarr":  # the reads run inside the stacking tasks: no task of their own after optimisation
-        (opt,) = dask.optimize(stacked)
+        (opt,) = dask.optimize(got.data)
         prefixes = {dask.utils.key_split(k) for k in dict(opt.__dask_graph__())}
         assert not [p for p in prefixes if p.startswith("open_dataset")], prefixes
 
 
-def test_block_stacker_declines_a_grid_that_is_not_normalised():
-    from xclimax.cf.tokens import stack_dask
+def test_stack_declines_a_grid_that_is_not_normalised():
+    from xclimax.cf.tokens import stack
 
-    ds = synthetic_dataset(4, variables=["2m_temperature"], grid=GRID, constants=False).chunk({"time": 2})
-    flipped = ds.isel(lat=slice(None, None, -1))  # latitude descending: to_array reorders, the stacker must not guess
-    names = ["2m_temperature"]
-    assert stack_dask(flipped, names, find_variables(flipped, names), to_array(ds, names), 2) is None
+    ds = synthetic_dataset(4, variables=["2m_temperature"], grid=GRID, constants=False)
+    flipped = ds.isel(lat=slice(None, None, -1))  # latitude descending: to_array reorders, stack must not guess
+    assert stack(flipped, ["2m_temperature"]) is None
+    assert stack(ds, ["2m_temperature"]) is not None

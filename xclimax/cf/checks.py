@@ -320,31 +320,27 @@ class ValueChecker:
             raise DataError(f"expected {len(self.checks)} variables along axis {axis} of the {self.what}, found {x.shape[axis]}")
         if x.size == 0:
             return
-        bad = []
-        for k, check in enumerate(self.checks):
-            v = np.take(x, k, axis=axis)
-            finite = np.isfinite(v)
-            if not finite.all():
-                n_nan = int(np.isnan(v).sum())
-                n_pos = int(np.isposinf(v).sum())
-                n_neg = int(np.isneginf(v).sum())
+        rows = np.moveaxis(x, axis, 0).reshape(len(self.checks), -1)  # one row per variable
+        if not np.isfinite(rows).all():
+            bad = []
+            for check, v in zip(self.checks, rows):
+                n_nan, n_pos, n_neg = int(np.isnan(v).sum()), int(np.isposinf(v).sum()), int(np.isneginf(v).sum())
                 parts = [f"{n} {label}" for n, label in ((n_nan, "NaN"), (n_pos, "+inf"), (n_neg, "-inf")) if n]
-                bad.append(f"{check.name} (from {check.source!r}): {', '.join(parts)} of {v.size} values")
-        if bad:
+                if parts:
+                    bad.append(f"{check.name} (from {check.source!r}): {', '.join(parts)} of {v.size} values")
             raise DataError(
                 f"the {self.what} contains non-finite values (expected finite numbers everywhere): "
                 + "; ".join(bad)
                 + ". ClimaX needs complete fields: fill or drop them first (ds.fillna / ds.dropna / ds.interpolate_na)."
             )
         errors, warns = [], []
-        for k, check in enumerate(self.checks):
+        for check, row in zip(self.checks, rows):
             if check.source is None:
                 continue
-            v = np.take(x, k, axis=axis).astype(np.float64, copy=False)
-            mean, std = float(v.mean()), float(v.std())
-            vmin, vmax = float(v.min()), float(v.max())
+            v = row.astype(np.float64, copy=False)  # summaries in float64, one variable at a time
             outside = float(np.mean((v < check.low) | (v > check.high))) if np.isfinite(check.low) else 0.0
-            err, warn = self._check_one(check, outside, mean, std, vmin, vmax)
+            err, warn = self._check_one(check, outside, float(v.mean()), float(v.std()), float(v.min()),
+                                        float(v.max()))
             if err:
                 errors.append(err)
             if warn:

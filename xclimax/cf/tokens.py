@@ -31,7 +31,7 @@ from .grid import normalize_grid
 from .time import time_dim
 from .units import PRESSURE_NAMES, conversion, is_height, pressure_to_hpa
 
-__all__ = ["VariableSource", "find_variables", "to_array", "stack_dask", "from_array", "mapping"]
+__all__ = ["VariableSource", "find_variables", "to_array", "stack", "from_array", "mapping"]
 
 logger = logging.getLogger(__name__)
 
@@ -629,94 +629,132 @@ class _BlockStacker:
         return stacked.reshape(stacked.shape + (1,) * self.n_extra)
 
 
-def stack_dask(ds: xr.Dataset, names: list[str], found: Mapping[str, VariableSource], like: xr.DataArray,
-               time_chunks: Any) -> Any:
-    """``to_array(ds, names).data`` as a dask array with one task per block, or None when it cannot.
+def _first_chunks(ds: xr.Dataset, sources: list[str], dim: str) -> Any:
+    """The chunks along ``dim`` of the first dask-backed source that has it (None: no such source)."""
+    for name in sources:
+        var = ds[name]
+        if dim in var.dims and var.chunks is not None:
+            return var.chunks[var.dims.index(dim)]
+    return None
 
-    ``to_array`` on dask data builds a few graph tasks per variable and block (selections, unit
-    conversions, broadcasts, the concatenation): about a hundred per block for 48 variables,
-    each a scheduler round trip on a cluster. This builds a single ``blockwise`` layer over the
-    source variables instead (which dask fuses with the reads): the same values, block by block.
+
+def stack(ds: xr.Dataset, names: Iterable[str], found: Mapping[str, VariableSource] | None = None, *,
+          time_chunks: Any = None) -> xr.DataArray | None:
+    """:func:`to_array` for a normalised grid, computed in numpy: one dask task per block; None if it cannot.
+
+    ``to_array`` works with xarray operations: about 0.1-0.2 s of Python per call for 48
+    variables and, on dask data, a few graph tasks per variable and block (selections, unit
+    conversions, broadcasts, the concatenation), each a scheduler round trip on a cluster. This
+    gives the same array from the resolved sources with plain numpy indexing: eagerly for numpy
+    data, and for dask data as a single ``blockwise`` layer over the source variables, into which
+    dask fuses the reads of a store (one task per block, whatever the number of variables).
 
     Parameters
     ----------
     ds : xarray.Dataset
-        Data on a normalised grid (``lat``/``lon`` dims, latitude ascending), as ``to_array``'s input.
-    names, found
-        ClimaX names in order and their sources (:func:`find_variables`).
-    like : xarray.DataArray
-        ``to_array(ds, names)`` (its dims give the batch dims and their chunks).
-    time_chunks : int or tuple
-        Chunks of the result along time.
+        Data on a normalised grid (``lat``/``lon`` dimensions, both ascending), as from
+        :func:`xclimax.grid.normalize_grid`.
+    names : iterable of str
+        ClimaX names, in order.
+    found : dict, optional
+        Their sources (:func:`find_variables`; found here when not given).
+    time_chunks : int or tuple, optional
+        Chunks of a dask result along time (default: the sources' own).
 
     Returns
     -------
-    dask.array.Array or None
-        ``(*batch, time, variable, lat, lon)`` float32, chunked like ``like`` along batch dims,
-        ``time_chunks`` along time and whole along the rest; None for layouts it does not cover
-        (the caller then uses ``like.data``).
+    xarray.DataArray or None
+        Equal to ``to_array(ds, names)`` (values, dims, coordinates; dask-backed when any source
+        is), chunked whole along variable, lat and lon; None for layouts this does not cover
+        (a grid that is not normalised, a source dim that is neither selected nor a batch dim):
+        use :func:`to_array` then.
+
+    Examples
+    --------
+    >>> from xclimax.testing import synthetic_dataset
+    >>> ds = synthetic_dataset(3, variables=["temperature", "2m_temperature"], grid=(4, 8))
+    >>> names = ["2m_temperature", "temperature_850", "lattitude"]
+    >>> bool((stack(ds, names) == to_array(ds, names)).all())
+    True
     """
     import dask.array as dsa
     from dask.base import tokenize
 
-    time = time_dim(ds)
-    batch = tuple(like.dims[:-4])
-    if like.dims[-4:] != ("time", "variable", "lat", "lon") or "lat" not in ds.dims or "lon" not in ds.dims:
-        return None
-    lat = np.asarray(ds["lat"].values)
-    lon = np.asarray(ds["lon"].values)
-    if lat.ndim != 1 or lon.ndim != 1 or (lat.size > 1 and not np.all(np.diff(lat) > 0)) or (
-            lon.size > 1 and not np.all(np.diff(lon) > 0)):
-        return None  # not normalised: to_array would reorder
-    target = (*batch, time, "lat", "lon")
-    index = {d: i for i, d in enumerate((*batch, time, "variable", "lat", "lon"))}
+    names = list(names)
+    found = find_variables(ds, names) if found is None else found
     order = [n for n in names if n in found]
-    srcs = list(dict.fromkeys(found[n].source for n in order if found[n].source is not None))
-    sources, args, sizes_from = [], [], {}
-    for k, name in enumerate(srcs):
-        var = ds[name]
-        data = var.data if isinstance(var.data, dsa.Array) else dsa.from_array(np.asarray(var.data), chunks=-1)
-        chunks = {}
-        for ax, d in enumerate(var.dims):
-            if d in batch:
-                chunks[ax] = like.chunksizes[d]
-            elif d == time:
-                chunks[ax] = time_chunks
-            else:
-                chunks[ax] = -1
-            sizes_from.setdefault(d, (k, ax))
-            index.setdefault(d, len(index))
-        sources.append((name, tuple(var.dims)))
-        args += [data.rechunk(chunks), tuple(index[d] for d in var.dims)]
-    if any(d not in sizes_from for d in target[:-2]):
+    if not order or "lat" not in ds.dims or "lon" not in ds.dims:
         return None
-    items = []
-    for n in order:
+    time = time_dim(ds)
+    lat, lon = np.asarray(ds["lat"].values), np.asarray(ds["lon"].values)
+    if lat.ndim != 1 or lon.ndim != 1 or np.any(np.diff(lat) <= 0) or np.any(np.diff(lon) <= 0):
+        return None  # not normalised: to_array would reorder
+    srcs = list(dict.fromkeys(found[n].source for n in order if found[n].source is not None))
+    items, batch = [], []
+    for n in order:  # what to_array's _source_array does, as integer picks; batch dims in to_array's order
         src = found[n]
-        if src.source is None:
+        if src.source is None:  # lattitude
             items.append((None, {}, 1.0, 0.0))
             continue
-        k = srcs.index(src.source)
-        dims = sources[k][1]
+        dims = ds[src.source].dims
         pick = {d: int(i) for d, i in dict(src.selection).items()}
         pick.update({d: 0 for d in src.drop_dims if d in dims})
         if src.kind == "constant" and time in dims:
             pick[time] = 0
-        if any(d not in dims for d in pick) or any(d not in target and d not in pick for d in dims):
+        if any(d not in dims for d in pick) or "lat" not in dims or "lon" not in dims:
             return None
-        items.append((k, pick, float(src.scale), float(src.offset)))
-    # Source dims selected away (levels, size-1 heights) stay in the layer's output as length-1 axes, dropped
-    # right after: a blockwise layer that contracts a dim is not fused with its inputs, one that keeps every
-    # input dim is, so each block's reads run inside its stacking task (and the drop fuses in too).
-    extra = [d for d in index if d not in (*batch, time, "variable", "lat", "lon")]
-    stacker = _BlockStacker(sources, items, target, sizes_from, lat, lon.size, len(extra))
-    out_ind = tuple(index[d] for d in (*batch, time, "variable", "lat", "lon", *extra))
-    stacked = dsa.blockwise(
-        stacker, out_ind, *args, new_axes={index["variable"]: len(order)}, adjust_chunks={index[d]: 1 for d in extra},
-        concatenate=None, dtype=np.float32, meta=np.empty((0,) * len(out_ind), dtype=np.float32),
-        name="xclimax-stack-" + tokenize(*args[::2], items, target),
-    )
-    return stacked[(Ellipsis,) + (0,) * len(extra)] if extra else stacked
+        for d in dims:
+            if d not in pick and d not in ("lat", "lon", time) and d not in batch:
+                if d in ds.coords and pressure_to_hpa(ds[d]) is not None:
+                    return None  # a vertical dim left over: to_array explains the error
+                batch.append(d)
+        items.append((srcs.index(src.source), pick, float(src.scale), float(src.offset)))
+    target = (*batch, time, "lat", "lon")
+    sizes_from: dict[str, tuple[int, int]] = {}
+    for k, name in enumerate(srcs):
+        for ax, d in enumerate(ds[name].dims):
+            sizes_from.setdefault(d, (k, ax))
+    if time not in sizes_from:
+        return None  # constants only: to_array broadcasts over the time coordinate
+    sources = [(name, tuple(ds[name].dims)) for name in srcs]
+    lazy = any(ds[name].chunks is not None for name in srcs)
+    if not lazy:
+        data = _BlockStacker(sources, items, target, sizes_from, lat, lon.size, 0)(*[ds[n].values for n in srcs])
+    else:
+        # Source dims selected away (levels, size-1 heights) stay in the layer's output as length-1 axes,
+        # dropped right after: dask does not fuse a blockwise layer that contracts a dim with its inputs, but
+        # fuses one that keeps every input dim, so each block's reads run inside its stacking task.
+        index = {d: i for i, d in enumerate((*batch, time, "variable", "lat", "lon"))}
+        chunks_of = {d: _first_chunks(ds, srcs, d) for d in batch}
+        chunks_of[time] = time_chunks if time_chunks is not None else _first_chunks(ds, srcs, time)
+        args = []
+        for name, dims in sources:
+            var = ds[name]
+            arr = var.data if var.chunks is not None else dsa.from_array(np.asarray(var.values), chunks=-1)
+            for d in dims:
+                index.setdefault(d, len(index))
+            rechunk = {ax: (chunks_of[d] if d in chunks_of and chunks_of[d] is not None else -1)
+                       for ax, d in enumerate(dims)}
+            args += [arr.rechunk(rechunk), tuple(index[d] for d in dims)]
+        extra = [d for d in index if d not in (*batch, time, "variable", "lat", "lon")]
+        stacker = _BlockStacker(sources, items, target, sizes_from, lat, lon.size, len(extra))
+        out_ind = tuple(index[d] for d in (*batch, time, "variable", "lat", "lon", *extra))
+        data = dsa.blockwise(
+            stacker, out_ind, *args, new_axes={index["variable"]: len(order)},
+            adjust_chunks={index[d]: 1 for d in extra}, concatenate=None, dtype=np.float32,
+            meta=np.empty((0,) * len(out_ind), dtype=np.float32),
+            name="xclimax-stack-" + tokenize(*args[::2], items, target),
+        )
+        if extra:
+            data = data[(Ellipsis,) + (0,) * len(extra)]
+    coords = {d: ds[d].variable for d in (*batch, time, "lat", "lon") if d in ds.indexes}
+    out = xr.DataArray(data, dims=(*batch, time, "variable", "lat", "lon"), coords=coords)
+    out = out.assign_coords(variable=order)
+    if time != "time":
+        out = out.rename({time: "time"})
+    out.name = "climax_input"
+    out.attrs = {"units_note": "canonical units of xclimax.vocab.VARIABLES"}
+    return out
 
 
 # --------------------------------------------------------------------------------------------
@@ -737,6 +775,7 @@ def from_array(
     units: str = "canonical",
     extra_variables: Any = None,
     variable_map: Mapping[str, str] | None = None,
+    sources: Mapping[str, VariableSource] | None = None,
 ) -> xr.Dataset:
     """Split a ``variable`` dimension back into a CF-annotated Dataset (inverse of :func:`to_array`).
 
@@ -767,6 +806,8 @@ def from_array(
         Keep canonical units, or convert back to the units of ``like``.
     extra_variables, variable_map
         As in :func:`find_variables`, used to resolve names in ``like``.
+    sources : dict, optional
+        ``find_variables(like, ...)`` when the caller has it already (saves matching ``like`` again).
 
     Returns
     -------
@@ -787,13 +828,18 @@ def from_array(
         raise ValueError(f"units must be 'canonical' or 'like'; got {units!r}")
     reg = _registry(extra_variables)
     names = [str(v) for v in da["variable"].values]
-    sources: dict[str, VariableSource] = {}
+    position = {n: i for i, n in enumerate(names)}
+    given, sources = sources, {}
     level_name, level_attrs, level_factor, level_desc = "level", {
         "standard_name": "air_pressure", "units": "hPa", "long_name": "pressure level", "positive": "down", "axis": "Z",
     }, 1.0, False
     level_dtype: Any = None
     if like is not None:
-        _, sources, _, _ = resolve_variables(like, [n for n in names if n in reg], extra_variables, variable_map)
+        wanted = [n for n in names if n in reg]
+        if given is not None and all(n in given for n in wanted):
+            sources = {n: given[n] for n in wanted}
+        else:
+            _, sources, _, _ = resolve_variables(like, wanted, extra_variables, variable_map)
         levs = [s for s in sources.values() if s.kind == "pressure" and s.selection]
         if levs:
             level_name = next(iter(levs[0].selection))
@@ -813,7 +859,7 @@ def from_array(
             singles.append(n)
         else:
             groups.setdefault(base, []).append((lev, n))
-    out = xr.Dataset(attrs={"note": "units as in each variable's 'units' attribute"})
+    data_vars: dict[str, xr.DataArray] = {}
 
     def attrs_for(n: str, base: str | None = None) -> dict[str, Any]:
         spec = reg.get(n)
@@ -844,8 +890,8 @@ def from_array(
         return default, x.assign_attrs(attrs)
 
     for n in singles:
-        var, x = name_and_convert(n, n, da.sel(variable=n, drop=True))
-        out[var] = x
+        var, x = name_and_convert(n, n, da.isel(variable=position[n], drop=True))
+        data_vars[var] = x
     on_levels: dict[str, xr.DataArray] = {}
     for base, items in groups.items():
         items.sort(reverse=level_desc)
@@ -856,7 +902,7 @@ def from_array(
             levels = np.round(levels).astype(level_dtype if level_dtype is not None else np.int64)
         elif level_dtype is not None:
             levels = levels.astype(level_dtype)
-        stacked = da.sel(variable=[n for _, n in items])
+        stacked = da.isel(variable=[position[n] for _, n in items])
         stacked = stacked.rename(variable=level_name).assign_coords({level_name: (level_name, levels, level_attrs)})
         dims = list(da.dims)
         dims[vdim] = level_name
@@ -875,7 +921,8 @@ def from_array(
         for var, x in on_levels.items():
             if var in ragged:
                 x = x.reindex({level_name: np.asarray(union, dtype=x[level_name].dtype)})
-            out[var] = x.assign_coords({level_name: x[level_name].assign_attrs(level_attrs)})
+            data_vars[var] = x.assign_coords({level_name: x[level_name].assign_attrs(level_attrs)})
+    out = xr.Dataset(data_vars, attrs={"note": "units as in each variable's 'units' attribute"})
     if like is not None:
         out = out.assign_coords(carried_coords(like, out))
     for c in ("lat", "lon"):

@@ -237,7 +237,7 @@ def _labelled(out: Any, arr: xr.DataArray, batch_dims: list, out_vars: Sequence[
 
 def _in_users_terms(result: xr.DataArray, ds_n: xr.Dataset, info: Any, *, names: str, regridded: bool,
                     output_grid: str | None, regrid: str | None, task: str, extra_variables: Any,
-                    variable_map: Any) -> xr.Dataset:
+                    variable_map: Any, found: Any = None) -> xr.Dataset:
     """The output as CF variables: the input's names, units, grid and conventions (or ClimaX names)."""
     if names == "climax":
         out_ds = _tokens.from_array(result, extra_variables=extra_variables)
@@ -246,7 +246,7 @@ def _in_users_terms(result: xr.DataArray, ds_n: xr.Dataset, info: Any, *, names:
         with warnings.catch_warnings():  # the input's mapping was reported above
             warnings.simplefilter("ignore", XClimaxWarning)
             out_ds = _tokens.from_array(result, like=ds_n, units="like", extra_variables=extra_variables,
-                                        variable_map=variable_map)
+                                        variable_map=variable_map, sources=found)
     if regridded and (output_grid or ("model" if task == "downscale" else "input")) == "input":
         # back on the input's grid (the inverse of the regridding above)
         out_ds = _grid.regrid(out_ds, np.sort(np.asarray(info.lat, float)), np.asarray(info.lon, float), method=regrid)
@@ -345,8 +345,15 @@ def run(
     mean_out, std_out = stats_arrays(stats, out_vars)
 
     # ---- the token array (*batch, time, variable, lat, lon), lazy for dask input
-    arr = _tokens.to_array(ds_n, in_vars, extra_variables=extra_variables, variable_map=variable_map)
-    arr = arr.transpose(..., "time", "variable", "lat", "lon")
+    # numpy indexing of the resolved sources (one fused task per block on dask); to_array's xarray operations
+    # for the layouts that does not cover
+    arr = _tokens.stack(ds_n, in_vars, found, time_chunks=batch_size)
+    if arr is None:
+        arr = _tokens.to_array(ds_n, in_vars, extra_variables=extra_variables, variable_map=variable_map)
+        arr = arr.transpose(..., "time", "variable", "lat", "lon")
+        if arr.chunks is not None:
+            arr = arr.chunk({**({"time": batch_size} if batch_size is not None else {}),
+                             "variable": -1, "lat": -1, "lon": -1})
     batch_dims = list(arr.dims[:-4])
     lead_hours = lead / pd.Timedelta("1h")
     leads = pd.to_timedelta([lead * (k + 1) for k in range(steps)])
@@ -372,12 +379,8 @@ def run(
     )
     if chunked:
         nb = len(batch_dims)
-        time_chunks = batch_size if batch_size is not None else arr.data.chunks[nb]
         # one task per chunk-aligned batch: batch dims (e.g. ensemble members) keep their chunks
-        data = _tokens.stack_dask(ds_n, in_vars, found, arr, time_chunks)  # one fused task per block
-        if data is None:  # a layout the block stacker does not cover: to_array's own graph
-            data = arr.chunk({**{d: arr.chunksizes[d] for d in batch_dims}, "time": time_chunks, "variable": -1,
-                              "lat": -1, "lon": -1}).data
+        data = arr.data
         ind_in = tuple(range(nb + 4))  # batch..., time, var, lat, lon
         lead_ax, var_ax = nb + 4, nb + 5
         ind_out = tuple(range(nb + 1)) + (lead_ax, var_ax, nb + 2, nb + 3)
@@ -403,7 +406,8 @@ def run(
 
     result = _labelled(out, arr, batch_dims, out_vars, leads)
     out_ds = _in_users_terms(result, ds_n, info, names=names, regridded=regridded, output_grid=output_grid,
-                             regrid=regrid, task=task, extra_variables=extra_variables, variable_map=variable_map)
+                             regrid=regrid, task=task, extra_variables=extra_variables, variable_map=variable_map,
+                             found=found)
     out_ds.attrs.update(_provenance(model, task, lead=lead, steps=steps, regrid=regrid, in_vars=in_vars,
                                     missing=missing))
     return out_ds
