@@ -110,9 +110,10 @@ def run(path: str, model: xclimax.ClimaX, chunk: int, repeats: int, clients: dic
     return times
 
 
-def _ratio(times: dict[str, list[float]], a: str, b: str) -> float:
-    """Median over rounds of time[a] / time[b] (each round's set-ups ran back to back)."""
-    return statistics.median(x / y for x, y in zip(times[a], times[b]))
+def _ratio(times: dict[str, list[float]], a: str, b: str) -> str:
+    """Median over rounds of time[a] / time[b] (each round's set-ups ran back to back), with the rounds."""
+    ratios = [x / y for x, y in zip(times[a], times[b])]
+    return f"{statistics.median(ratios):.3f} (rounds: {', '.join(f'{r:.2f}' for r in ratios)})"
 
 
 def main() -> None:
@@ -142,11 +143,11 @@ def main() -> None:
         for k, v in t.items():
             m = statistics.median(v)
             print(f"  {k:>22}: {m:6.2f} s  ({args.times / m:6.1f} forecasts/s)")
-        print(f"  2 workers vs 1 worker: {_ratio(t, '1 worker', '2 workers'):.2f}x (target >= 1.7x)")
-        print(f"  1 worker vs in-process: {_ratio(t, '1 worker', 'in-process'):.3f} of the time (target <= 1.10)")
+        print(f"  2 workers vs 1 worker: {_ratio(t, '1 worker', '2 workers')}x (target >= 1.7x)")
+        print(f"  1 worker vs in-process: {_ratio(t, '1 worker', 'in-process')} of the time (target <= 1.10)")
         if "1 worker, profiler off" in t:
             print(f"  1 worker with dask's worker profiler off vs in-process: "
-                  f"{_ratio(t, '1 worker, profiler off', 'in-process'):.3f} of the time")
+                  f"{_ratio(t, '1 worker, profiler off', 'in-process')} of the time")
 
         tiny_model = _model(ds_t, "tiny")
         print(f"\nper-task overhead: tiny model, {args.tiny_tasks} tasks of one initial time (8 x 16 grid)")
