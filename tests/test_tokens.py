@@ -409,6 +409,7 @@ def _stacker_cases():
         ds["2m_temperature"].attrs, units="degC")  # float64 with an offset
     degc["temperature"] = ds["temperature"].astype("float16").assign_attrs(ds["temperature"].attrs)
     renamed = ds.rename(time="t")  # a time dimension by another name
+    noleap = synthetic_dataset(6, grid=GRID, style="cmip", calendar="noleap", start="2001-02-27")
     return {
         "era5, all 48": (era5, list(mapping(era5))),
         "cmip": (cmip, list(mapping(cmip))),
@@ -416,6 +417,7 @@ def _stacker_cases():
                                                    "temperature_500", "temperature_850"]),
         "degC float64, float16": (degc, ["2m_temperature", "temperature_50", "lattitude"]),
         "time named t": (renamed, ["temperature_850", "2m_temperature"]),
+        "cmip, noleap calendar": (noleap, ["2m_temperature", "geopotential_500", "temperature_850", "lattitude"]),
     }
 
 

@@ -221,6 +221,11 @@ def tune_worker_allocator(enable: bool = True) -> bool:
     -------
     bool
         Whether this process's allocator has been tuned.
+
+    Examples
+    --------
+    >>> tune_worker_allocator(enable=False)  # asks only: this process has not been tuned
+    False
     """
     if not enable:
         return bool(_TUNED)
