@@ -18,7 +18,7 @@ import logging
 import re
 import warnings
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Mapping
+from typing import Any, Iterable, Mapping, Sequence
 
 import cf_xarray  # noqa: F401  (registers the .cf accessor)
 import numpy as np
@@ -476,28 +476,35 @@ def find_variables(
     return found
 
 
+def _picks(src: VariableSource, dims: Sequence[str], time: str) -> dict[str, int]:
+    """Integer positions that reduce ``src``'s data variable to its field: level, size-1 dims, a constant's time."""
+    pick = {d: int(i) for d, i in dict(src.selection).items()}
+    pick.update({d: 0 for d in src.drop_dims if d in dims and d not in pick})
+    if src.kind == "constant" and time in dims:
+        pick[time] = 0
+    return pick
+
+
+def _canonical_values(a: Any, scale: float, offset: float) -> Any:
+    """``a * scale + offset`` as float32 (numpy or xarray); float64 sources are converted in float64."""
+    if a.dtype != np.float64:  # float16 would overflow in the conversion (zg * 9.8); ints and bools are exact
+        a = a.astype(np.float32)
+    if scale != 1.0 or offset != 0.0:
+        a = a * scale + offset
+    return a.astype(np.float32, copy=False)
+
+
 def _source_array(ds: xr.Dataset, src: VariableSource, time: str) -> xr.DataArray:
     if src.source is None:  # lattitude
         lat = ds["lat"]
         da = xr.DataArray(np.asarray(lat.values, dtype=np.float32), dims=("lat",), coords={"lat": lat})
         return da.broadcast_like(ds["lon"]).transpose("lat", "lon")
     da = ds[src.source]
-    if src.selection:
-        da = da.isel(dict(src.selection))
-    for dim in src.drop_dims:
-        if dim in da.dims:
-            da = da.isel({dim: 0})
-    if src.kind == "constant" and time in da.dims:
-        da = da.isel({time: 0})
-    da = da.reset_coords(drop=True)
+    da = da.isel(_picks(src, da.dims, time)).reset_coords(drop=True)
     extra = [d for d in da.dims if d not in ("lat", "lon", time) and d in ds.coords and pressure_to_hpa(ds[d]) is not None]
     if extra:
         raise CFMappingError(f"{src.name}: variable {src.source!r} still has vertical dimensions {extra} after selection")
-    if da.dtype != np.float64:  # float16 would overflow in the conversion (zg * 9.8); ints and bools are exact
-        da = da.astype(np.float32)
-    if src.scale != 1.0 or src.offset != 0.0:
-        da = da * src.scale + src.offset
-    return da.astype(np.float32)
+    return _canonical_values(da, src.scale, src.offset)
 
 
 def to_array(
@@ -579,15 +586,6 @@ def to_array(
     return out
 
 
-def _single_block(block: Any) -> Any:
-    """The one block of a blockwise argument contracted over dims that have a single chunk."""
-    while isinstance(block, list):
-        if len(block) != 1:
-            raise ValueError(f"expected one block along a contracted dimension; got {len(block)}")
-        block = block[0]
-    return block
-
-
 class _BlockStacker:
     """Stacks numpy blocks of source variables into ``to_array``'s layout (one dask task per block).
 
@@ -601,10 +599,9 @@ class _BlockStacker:
                  sizes_from: dict[str, tuple[int, int]], lat: np.ndarray, nlon: int, n_extra: int) -> None:
         self.sources, self.items, self.target = sources, items, target
         self.sizes_from, self.lat, self.nlon = sizes_from, lat, nlon
-        self.n_extra = n_extra  # trailing length-1 axes, one per source dim selected away (see stack_dask)
+        self.n_extra = n_extra  # trailing length-1 axes, one per source dim selected away (see stack)
 
     def __call__(self, *blocks: Any) -> np.ndarray:
-        blocks = tuple(_single_block(b) for b in blocks)
         shape = tuple(blocks[k].shape[ax] for k, ax in (self.sizes_from[d] for d in self.target[:-2]))
         shape += (len(self.lat), self.nlon)
         out = []
@@ -616,11 +613,7 @@ class _BlockStacker:
                 dims = self.sources[k][1]
                 a = np.asarray(blocks[k])[tuple(pick.get(d, slice(None)) for d in dims)]
                 kept = [d for d in dims if d not in pick]
-                if a.dtype != np.float64:
-                    a = a.astype(np.float32)
-                if scale != 1.0 or offset != 0.0:
-                    a = a * scale + offset
-                a = a.astype(np.float32, copy=False)
+                a = _canonical_values(a, scale, offset)
             present = [d for d in self.target if d in kept]
             a = a.transpose([kept.index(d) for d in present])
             a = a.reshape([a.shape[present.index(d)] if d in kept else 1 for d in self.target])
@@ -697,10 +690,7 @@ def stack(ds: xr.Dataset, names: Iterable[str], found: Mapping[str, VariableSour
             items.append((None, {}, 1.0, 0.0))
             continue
         dims = ds[src.source].dims
-        pick = {d: int(i) for d, i in dict(src.selection).items()}
-        pick.update({d: 0 for d in src.drop_dims if d in dims})
-        if src.kind == "constant" and time in dims:
-            pick[time] = 0
+        pick = _picks(src, dims, time)
         if any(d not in dims for d in pick) or "lat" not in dims or "lon" not in dims:
             return None
         for d in dims:

@@ -196,7 +196,7 @@ _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
 _MMAP_THRESHOLD = 32 << 20  # glibc's ceiling for its own dynamic threshold on 64-bit
 _TRIM_THRESHOLD = 64 << 20  # twice the mmap threshold, as glibc's dynamic rule sets it
 _SMALL_TRIM = 1 << 20
-_TUNED: list[bool] = []
+_TUNED: list[bool] = []  # this process's decision, once taken: [True] tuned, [False] left as it is
 _TUNE_LOCK = threading.Lock()
 
 
@@ -227,32 +227,34 @@ def tune_worker_allocator(enable: bool = True) -> bool:
     >>> tune_worker_allocator(enable=False)  # asks only: this process has not been tuned
     False
     """
-    if not enable:
-        return bool(_TUNED)
+    if _TUNED or not enable:  # (checked on every task: decided once per process)
+        return bool(_TUNED and _TUNED[0])
     with _TUNE_LOCK:
-        if _TUNED:
-            return True
-        try:
-            small = int(os.environ.get("MALLOC_TRIM_THRESHOLD_", "")) < _SMALL_TRIM
-        except ValueError:
-            small = False
-        if not (small and sys.platform.startswith("linux")):
-            return False
-        import ctypes
+        if not _TUNED:
+            _TUNED.append(_tune())
+        return _TUNED[0]
 
-        try:
-            libc = ctypes.CDLL(None)
-            mallopt = libc.mallopt if hasattr(libc, "gnu_get_libc_version") else None  # glibc only
-        except OSError:
-            return False
-        if mallopt is None:
-            return False
-        if mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD) != 1 or mallopt(_M_TRIM_THRESHOLD, _TRIM_THRESHOLD) != 1:
-            return False
-        _TUNED.append(True)
-        logger.info("raised glibc's mmap/trim thresholds in worker process %d (MALLOC_TRIM_THRESHOLD_ was %s)",
-                    os.getpid(), os.environ["MALLOC_TRIM_THRESHOLD_"])
-        return True
+
+def _tune() -> bool:
+    try:
+        small = int(os.environ.get("MALLOC_TRIM_THRESHOLD_", "")) < _SMALL_TRIM
+    except ValueError:
+        small = False
+    if not (small and sys.platform.startswith("linux")):
+        return False
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL(None)
+    except OSError:
+        return False
+    if not hasattr(libc, "gnu_get_libc_version"):  # glibc only
+        return False
+    if libc.mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD) != 1 or libc.mallopt(_M_TRIM_THRESHOLD, _TRIM_THRESHOLD) != 1:
+        return False
+    logger.info("raised glibc's mmap/trim thresholds in worker process %d (MALLOC_TRIM_THRESHOLD_ was %s)",
+                os.getpid(), os.environ["MALLOC_TRIM_THRESHOLD_"])
+    return True
 
 
 # ----------------------------------------------------------------------------- caches
